@@ -1,0 +1,101 @@
+"""Small shared helpers: errors, versions, timing, progress bars, devices."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["BanscanError", "versions", "PhaseTimer", "progress", "resolve_device", "set_progress"]
+
+T = TypeVar("T")
+_PROGRESS = {"enabled": False}
+
+
+class BanscanError(ValueError):
+    """Bad input or configuration, with a message that says what was wrong and what was expected."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a result."""
+    import numpy
+
+    from . import __version__
+
+    return {
+        "banscan": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "cuda": str(torch.version.cuda) if torch.cuda.is_available() else "none",
+    }
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    """``None`` means the model's device (CPU for a model without parameters)."""
+    if device is not None:
+        return torch.device(device)
+    if model is not None:
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Wall-clock time per named phase (synchronised on CUDA)."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def total(self) -> dict[str, float]:
+        out = {k: round(v, 4) for k, v in self.timings.items()}
+        out["total"] = round(sum(self.timings.values()), 4)
+        return out
+
+
+def set_progress(enabled: bool) -> None:
+    """Turn progress bars on or off for long phases (the CLI turns them on)."""
+    _PROGRESS["enabled"] = bool(enabled)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    if not _PROGRESS["enabled"]:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def json_safe(obj: Any) -> Any:
+    """Convert tensors, tuples and numpy scalars to JSON-native values."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
+        return None
+    return obj
