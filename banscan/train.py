@@ -1,0 +1,151 @@
+"""Fast, seeded training recipe for CPU and GPU alike.
+
+The dataset is one uint8 tensor; augmentation (random crop with padding, horizontal flip) runs batched as
+tensor ops; channels-last and bfloat16 autocast are used where they help; the schedule is one-cycle.
+A ``batch_hook`` lets attacks poison each augmented batch (and add loss terms) without a custom loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._utils import progress, resolve_device
+from .data import ImageData
+from .models import SplitModel
+
+__all__ = ["TrainConfig", "augment", "train_model", "predict", "accuracy"]
+log = logging.getLogger(__name__)
+
+# hook(x01, y, idx, gen) -> (x01, y); idx are dataset indices of the batch
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    crop_padding: int = 4
+    flip: bool = True
+    amp: bool | None = None  # None: bf16 autocast on CUDA and on CPUs that support it well
+    channels_last: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, batched; works on any dtype."""
+    n, _, h, w = x.shape
+    if padding > 0:
+        xp = F.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        nidx = torch.arange(n, device=x.device)[:, None, None, None]
+        cidx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = xp[nidx, cidx, rows, cols]
+    if flip:
+        f = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        x = torch.where(f[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.amp is not None:
+        return cfg.amp
+    return device.type == "cuda"
+
+
+def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = None,
+                batch_hook: BatchHook | None = None, extra_params: list[nn.Parameter] | None = None,
+                device: str | torch.device | None = None) -> dict[str, Any]:
+    """Train ``model`` in place on ``data`` (inputs normalised with ``data.mean/std``); returns statistics.
+
+    ``batch_hook`` poisons each augmented batch; ``extra_params`` (e.g. a trigger generator's) are optimised
+    jointly with the model.
+    """
+    cfg = cfg or TrainConfig()
+    dev = resolve_device(device, model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = SplitModel(model, data.mean, data.std).to(dev)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    amp = _use_amp(cfg, dev)
+    params = list(model.parameters()) + list(extra_params or [])
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    n = len(data)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.25, anneal_strategy="linear")
+    x_all = data.x.to(dev)
+    y_all = data.y.to(dev)
+    model.train()
+    t0 = time.perf_counter()
+    seen = 0
+    last_loss = float("nan")
+    for epoch in progress(range(cfg.epochs), "train"):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(steps_per_epoch):
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb = augment(x_all[idx.to(dev)], gen, cfg.crop_padding, cfg.flip).float().div_(255)
+            yb = y_all[idx.to(dev)]
+            if batch_hook is not None:
+                xb, yb = batch_hook(xb, yb, idx, gen)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(xb)
+            loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(idx)
+            last_loss = float(loss.detach())
+        log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, last_loss)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elapsed = time.perf_counter() - t0
+    model.eval()
+    if cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return {"train_time_s": round(elapsed, 3), "images_per_s": round(seen / max(elapsed, 1e-9), 1),
+            "final_loss": last_loss, "amp": amp, "device": str(dev), "config": cfg.to_dict()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageData, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            batch_size: int = 512, device: str | torch.device | None = None) -> torch.Tensor:
+    """Predicted labels for every image (optionally transformed in ``[0, 1]`` space first)."""
+    dev = resolve_device(device, model)
+    was_training = model.training
+    net = SplitModel(model, data.mean, data.std).to(dev).eval()
+    preds = []
+    try:
+        for x, _ in data.batches(batch_size, dev):
+            if transform is not None:
+                x = transform(x)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                preds.append(net(x).argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def accuracy(model: nn.Module, data: ImageData, **kw: Any) -> float:
+    """Top-1 accuracy on ``data``."""
+    return float((predict(model, data, **kw) == data.y.cpu()).float().mean()) if len(data) else float("nan")
