@@ -59,11 +59,15 @@ def _load_model_and_data(args: argparse.Namespace):
 def _detector_from_args(args: argparse.Namespace):
     from .detectors import get_detector
 
+    accepted = get_detector(args.method).get_params()
     params: dict[str, Any] = {"seed": args.seed}
     for key in ("eps", "n_steps", "n_opt", "n_eval", "batch_size", "split_layer", "bn_mode", "amp"):
         val = getattr(args, key, None)
-        if val is not None:
-            params[key] = val
+        if val is None:
+            continue
+        if key not in accepted:
+            raise BanscanError(f"--{key.replace('_', '-')} does not apply to --method {args.method}")
+        params[key] = val
     if args.threshold is not None:
         params["threshold"] = args.threshold
     elif args.threshold_file:

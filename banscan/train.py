@@ -24,8 +24,10 @@ from .models import SplitModel
 __all__ = ["TrainConfig", "augment", "train_model", "predict", "accuracy"]
 log = logging.getLogger(__name__)
 
-# hook(x01, y, idx, gen) -> (x01, y); idx are dataset indices of the batch
-BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+# hook(x01, y, idx, gen) -> (x01, y) or (x01, y, extra_loss); idx are dataset indices of the batch. The optional
+# third element is a scalar added to the loss (e.g. the regularisers of a trigger generator being trained).
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
+                     tuple[torch.Tensor, ...]]
 
 
 @dataclass
@@ -64,10 +66,20 @@ def augment(x: torch.Tensor, gen: torch.Generator, padding: int = 4, flip: bool 
     return x
 
 
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.amp is not None:
         return cfg.amp
-    return device.type == "cuda"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
 def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = None,
@@ -75,8 +87,8 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
                 device: str | torch.device | None = None) -> dict[str, Any]:
     """Train ``model`` in place on ``data`` (inputs normalised with ``data.mean/std``); returns statistics.
 
-    ``batch_hook`` poisons each augmented batch; ``extra_params`` (e.g. a trigger generator's) are optimised
-    jointly with the model.
+    ``batch_hook`` poisons each augmented batch and may return a third element, an extra loss term;
+    ``extra_params`` (e.g. a trigger generator's) are optimised jointly with the model.
     """
     cfg = cfg or TrainConfig()
     dev = resolve_device(device, model)
@@ -103,13 +115,19 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             xb = augment(x_all[idx.to(dev)], gen, cfg.crop_padding, cfg.flip).float().div_(255)
             yb = y_all[idx.to(dev)]
+            extra_loss = None
             if batch_hook is not None:
-                xb, yb = batch_hook(xb, yb, idx, gen)
+                hooked = batch_hook(xb, yb, idx, gen)
+                xb, yb = hooked[0], hooked[1]
+                if len(hooked) > 2:
+                    extra_loss = hooked[2]
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 out = net(xb)
             loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            if extra_loss is not None:
+                loss = loss + extra_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -35,6 +35,7 @@ from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
+from ..train import cpu_has_bf16
 from . import register_detector
 from ._base import Detector, Evidence
 
@@ -65,7 +66,8 @@ class BAN(Detector):
         n_eval: images for the decision pass (disjoint from the optimisation images).
         batch_size: mini-batch size of every phase.
         split_layer: split point for models without ``forward_features``/``forward_head``.
-        amp: bfloat16 autocast for the forward passes (faster on GPUs and recent CPUs).
+        amp: bfloat16 autocast for the network passes; ``None`` turns it on for CUDA and for CPUs with
+            native bfloat16 (AVX512-BF16/AMX), where it roughly halves the time.
 
     Example:
         >>> from banscan import BAN, create_model, ImageData
@@ -86,7 +88,7 @@ class BAN(Detector):
     def __init__(self, *, eps: float = 0.3, n_steps: int = 30, project: bool = True, bn_mode: str = "recalibrate",
                  mask_lambda: float = 0.75, mask_lr: float = 0.01, mask_steps: int = 400, l1: str = "official",
                  seed: int = 0, threshold: float | None = None, n_opt: int = 500, n_eval: int = 5000,
-                 batch_size: int = 128, split_layer: str | None = None, amp: bool = False) -> None:
+                 batch_size: int = 128, split_layer: str | None = None, amp: bool | None = None) -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.project = project
@@ -111,8 +113,20 @@ class BAN(Detector):
         if not self.eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1:
             raise BanscanError(f"need eps > 0, n_steps >= 1, mask_steps >= 0, batch_size >= 1; got {self!r}")
 
+    def _use_amp(self, device: torch.device) -> bool:
+        if self.amp is not None:
+            return bool(self.amp)
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_amp(device))
+
+    def mitigate(self, model, data: ImageData, device=None, **params):
+        """Remove the backdoor by fine-tuning under neuron noise (``banscan.mitigation.BANFineTune``, this
+        detector's ``eps`` and ``seed``; ``params`` override); returns a ``MitigationResult``."""
+        from ..mitigation import get_mitigation
+
+        return get_mitigation("ban", **{"eps": self.eps, "seed": self.seed, **params}).repair(model, data, device)
 
     # ---------------------------------------------------------------- phases
     def _features(self, net: SplitModel, data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,17 +201,17 @@ class BAN(Detector):
                 gen: torch.Generator, device: torch.device) -> Evidence:
         self._validate()
         noise = NeuronNoise(net.model, self.eps)
-        k = net.head(net.features(next(evl.batches(1, device))[0])).shape[1]
+        with torch.no_grad():
+            k = net(next(evl.batches(1, device))[0]).shape[1]
 
         with timer.phase("features"):
             z_opt, y_opt = self._features(net, opt, device)
+            with torch.no_grad():
+                # Clean (noise-off) statistics come from the optimisation features computed anyway,
+                # which saves a full pass over the evaluation set.
+                pred_clean = net.head(z_opt).argmax(1)
         with timer.phase("mask"):
             mask = self.fit_mask(net, z_opt, y_opt, gen)
-        with timer.phase("clean_pass"):
-            z_ev, y_ev = self._features(net, evl, device)
-            with torch.inference_mode():
-                pred_clean = net.head(z_ev).argmax(1)
-        del z_ev
         with timer.phase("noise"):
             losses = self.fit_noise(net, noise, opt, gen, device)
         with timer.phase("decision"):
@@ -213,18 +227,20 @@ class BAN(Detector):
 
         pred_noise, pred_neg = torch.cat(preds_noise), torch.cat(preds_neg)
         h_clean, h_noise, h_neg = _hist(pred_clean, k), _hist(pred_noise, k), _hist(pred_neg, k)
+        y_ev = evl.y.to(pred_noise.device)
         n = len(y_ev)
         target = int(h_neg.argmax())
         stats = {
             "hist_clean": h_clean, "hist_noise": h_noise, "hist_noise_negmask": h_neg,
-            "acc_clean": float((pred_clean == y_ev).float().mean()),
+            "acc_clean": float((pred_clean == y_opt).float().mean()),
             "acc_noise": float((pred_noise == y_ev).float().mean()),
             "acc_noise_negmask": float((pred_neg == y_ev).float().mean()),
             "share_noise": float(h_noise.max()) / n,
             "target_noise": int(h_noise.argmax()),
-            "share_clean": float(h_clean.max()) / n,
+            "share_clean": float(h_clean.max()) / len(y_opt),
+            "clean_stats_on": "optimisation split (noise off, no mask)",
             "mask_mean": float(mask.mean()),
             "noise_loss_first": losses[0], "noise_loss_last": losses[-1],
-            "n_noise_params": noise.n_params, "n_eval": n,
+            "n_noise_params": noise.n_params, "n_eval": n, "amp": self._use_amp(device),
         }
         return Evidence(score=float(h_neg.max()) / n, target=target, stats=stats, artifacts={"mask": mask.cpu()})

@@ -1,0 +1,59 @@
+"""Fit a detector's verdict threshold from known-clean models, for a chosen false-positive rate."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._utils import BanscanError, versions
+from .checkpoints import load_weights
+from .data import load_data
+from .detectors import calibrate_threshold, get_detector
+from .models import create_model, parse_kwargs
+
+__all__ = ["calibrate_from_folder"]
+_WEIGHT_EXT = {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
+
+
+def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, *, method: str = "ban",
+                          fpr: float = 0.05, seed: int = 0, device: str | None = None, arch: str = "resnet18",
+                          arch_kwargs: str = "", num_classes: int = 10, mean: Sequence[float] | None = None,
+                          std: Sequence[float] | None = None, data_split: str = "test",
+                          detector_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scan every weight file in ``models`` (all known clean) and return the calibration record.
+
+    The threshold is the smallest value that flags at most ``fpr`` of these clean models
+    (:func:`banscan.detectors.calibrate_threshold`); the record lists every score it came from.
+    """
+    folder = Path(models)
+    if not folder.is_dir():
+        raise BanscanError(f"models folder not found: {folder}")
+    files = sorted(f for f in folder.iterdir() if f.suffix in _WEIGHT_EXT)
+    if not files:
+        raise BanscanError(f"{folder} holds no weight files ({', '.join(sorted(_WEIGHT_EXT))})")
+    kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    clean = load_data(data, split=data_split, **kw)
+    det = get_detector(method, seed=seed, **(detector_params or {}))
+    scores: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for f in files:
+        model = create_model(arch, num_classes, **parse_kwargs(arch_kwargs))
+        load_weights(model, f)
+        scores[f.name] = det.detect(model, clean, device=device).score
+    return {
+        "method": method,
+        "threshold": calibrate_threshold(list(scores.values()), fpr),
+        "fpr": fpr,
+        "n_models": len(scores),
+        "scores": scores,
+        "detector_params": det.get_params(),
+        "arch": arch,
+        "arch_kwargs": arch_kwargs,
+        "data": str(data),
+        "seed": seed,
+        "time_s": round(time.perf_counter() - t0, 2),
+        "versions": versions(),
+    }

@@ -1,0 +1,292 @@
+"""Core: models, checkpoints, data, BAN invariants, CLI errors. CPU only, generated data, no downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from banscan import BAN, BanscanError, ImageData, create_model, list_models, load_data, load_weights, save_weights
+from banscan.cli import main
+from banscan.models import SplitModel, norm_layers
+from banscan.synthetic import make_synthetic
+
+FAST = dict(n_opt=48, n_eval=96, n_steps=3, mask_steps=5, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def data() -> ImageData:
+    return make_synthetic(200, 4, 16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    m = create_model("resnet18", 4, base_width=4)
+    # non-trivial BN statistics so that mode changes would show
+    with torch.no_grad():
+        m.train()
+        m(torch.randn(32, 3, 16, 16))
+    return m.eval()
+
+
+# ------------------------------------------------------------------ models
+@pytest.mark.parametrize("arch", list_models())
+def test_model_split_matches_forward(arch: str) -> None:
+    kw = {"resnet18": {"base_width": 4}, "resnet34": {"base_width": 4}, "preact_resnet18": {"base_width": 4},
+          "vgg16_bn": {"width": 4}, "mobilenetv2": {"width_mult": 0.25}, "densenet121": {"growth_rate": 4}}[arch]
+    m = create_model(arch, 7, **kw).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = m(x)
+        z = m.forward_features(x)
+        assert out.shape == (2, 7)
+        assert torch.allclose(m.forward_head(z), out, atol=1e-5)
+        assert m.forward_head(z, pre_logits=True).shape == (2, m.num_features)
+    assert norm_layers(m)
+
+
+def test_resnet_keys_match_paper_layout() -> None:
+    keys = create_model("resnet18", 10).state_dict().keys()
+    for k in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.shortcut.0.weight",
+              "layer2.0.shortcut.1.weight", "linear.weight"):
+        assert k in keys
+    assert create_model("resnet18", 10).linear.in_features == 512
+
+
+def test_unknown_arch_and_kwargs() -> None:
+    with pytest.raises(BanscanError, match="unknown architecture"):
+        create_model("resnet999")
+    with pytest.raises(BanscanError, match="does not take"):
+        create_model("resnet18", 10, widthh=3)
+    with pytest.raises(BanscanError, match="num_classes"):
+        create_model("resnet18", 1)
+
+
+class PlainNet(nn.Module):
+    """A user model without forward_features/forward_head."""
+
+    def __init__(self, k: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.body(x)), 1))
+
+
+def plain_factory(num_classes: int = 4) -> nn.Module:
+    return PlainNet(num_classes)
+
+
+def test_fx_split_for_user_model() -> None:
+    m = PlainNet().eval()
+    s = SplitModel(m, (0.0,) * 3, (1.0,) * 3)
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        z = s.features(x)
+        assert z.shape == (3, 8, 16, 16)
+        assert torch.allclose(s.head(z), m(x), atol=1e-6)
+    with pytest.raises(BanscanError, match="not found"):
+        SplitModel(m, (0.0,) * 3, (1.0,) * 3, split_layer="nope")
+
+
+def test_user_factory_via_import_path() -> None:
+    m = create_model("tests.test_core:plain_factory", 5)
+    assert m.fc.out_features == 5
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_checkpoint_roundtrip_and_module_prefix(tmp_path, model) -> None:
+    p = save_weights(model, tmp_path / "m.safetensors")
+    m2 = load_weights(create_model("resnet18", 4, base_width=4), p)
+    for a, b in zip(model.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "m.pth")
+    m3 = load_weights(create_model("resnet18", 4, base_width=4), tmp_path / "m.pth")
+    assert torch.equal(m3.linear.weight, model.linear.weight)
+    torch.save({"netC": model.state_dict(), "epoch": 3}, tmp_path / "netc.pt")
+    load_weights(create_model("resnet18", 4, base_width=4), tmp_path / "netc.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/banscan_pwned",))
+
+
+def test_bad_checkpoints(tmp_path, model) -> None:
+    fresh = lambda: create_model("resnet18", 4, base_width=4)  # noqa: E731
+    with pytest.raises(BanscanError, match="not found"):
+        load_weights(fresh(), tmp_path / "missing.safetensors")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(BanscanError, match="safetensors"):
+        load_weights(fresh(), tmp_path / "corrupt.safetensors")
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(BanscanError, match="not a readable"):
+        load_weights(fresh(), tmp_path / "corrupt.pt")
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as fh:
+        pickle.dump({"state_dict": _Evil()}, fh)
+    if os.path.exists("/tmp/banscan_pwned"):
+        os.remove("/tmp/banscan_pwned")
+    with pytest.raises(BanscanError, match="refused"):
+        load_weights(fresh(), evil)
+    assert not os.path.exists("/tmp/banscan_pwned")
+    save_weights(model, tmp_path / "r18.safetensors")
+    with pytest.raises(BanscanError, match="missing keys|unexpected keys"):
+        load_weights(create_model("vgg16_bn", 4, width=4), tmp_path / "r18.safetensors")
+    with pytest.raises(BanscanError, match="number of classes"):
+        load_weights(create_model("resnet18", 10, base_width=4), tmp_path / "r18.safetensors")
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    save_weights(sd, tmp_path / "nan.safetensors")
+    with pytest.raises(BanscanError, match="non-finite"):
+        load_weights(fresh(), tmp_path / "nan.safetensors")
+
+
+# ------------------------------------------------------------------ data
+def test_data_formats(tmp_path) -> None:
+    x = np.random.default_rng(0).integers(0, 255, (20, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "d.npz", x=x, y=y, classes=np.array(["a", "b"]))
+    d = load_data(tmp_path / "d.npz")
+    assert d.x.shape == (20, 3, 8, 8) and d.classes == ("a", "b")
+    assert torch.equal(d.x.permute(0, 2, 3, 1), torch.from_numpy(x))
+
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    with open(cifar / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}, fh)
+    assert load_data(cifar).x.shape == (4, 3, 32, 32)
+
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / "folder" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(x[i]).save(tmp_path / "folder" / c / f"{i}.png")
+    d = load_data(tmp_path / "folder")
+    assert len(d) == 6 and d.classes == ("cat", "dog") and d.y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_bad_data(tmp_path) -> None:
+    with pytest.raises(BanscanError, match="not found"):
+        load_data(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(BanscanError, match="unsupported data file"):
+        load_data(tmp_path / "notes.txt")
+    np.savez(tmp_path / "float.npz", x=np.zeros((4, 8, 8, 3), np.float32), y=np.zeros(4, int))
+    with pytest.raises(BanscanError, match="uint8"):
+        load_data(tmp_path / "float.npz")
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "a" / "x.png").write_bytes(b"not an image")
+    with pytest.raises(BanscanError, match="not a readable image"):
+        load_data(tmp_path / "imgs")
+    from PIL import Image
+
+    (tmp_path / "mixed" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "mixed" / "a" / "0.png")
+    Image.new("RGB", (9, 9)).save(tmp_path / "mixed" / "a" / "1.png")
+    with pytest.raises(BanscanError, match="same size"):
+        load_data(tmp_path / "mixed")
+    cifar = tmp_path / "cifar-evil"
+    cifar.mkdir()
+    with open(cifar / "test_batch", "wb") as fh:
+        pickle.dump(_Evil(), fh)
+    with pytest.raises(BanscanError, match="refusing to unpickle"):
+        load_data(cifar)
+    d = make_synthetic(20, 2, 8)
+    with pytest.raises(BanscanError, match="expects 16x16"):
+        d.check(input_size=16)
+    with pytest.raises(BanscanError, match="empty"):
+        d.subset([]).check()
+    with pytest.raises(BanscanError, match="1 class"):
+        d.subset(torch.nonzero(d.y == 0).flatten()).check()
+
+
+def test_split_is_disjoint_stratified_seeded() -> None:
+    d = make_synthetic(400, 4, 8)
+    a, b = d.split(100, 200, seed=5)
+    a2, _ = d.split(100, 200, seed=5)
+    assert torch.equal(a.x, a2.x)
+    assert len(a) == 100 and len(b) == 200
+    assert torch.bincount(a.y).tolist() == [25] * 4
+    flat = lambda t: {bytes(v.numpy()) for v in t.x.reshape(len(t), -1)}  # noqa: E731
+    assert not flat(a) & flat(b)
+
+
+# ------------------------------------------------------------------ BAN invariants and errors
+def test_ban_leaves_model_untouched_and_is_deterministic(model, data) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    r1 = BAN(seed=1, **FAST).detect(model, data)
+    assert model.training
+    model.eval()
+    r2 = BAN(seed=1, **FAST).detect(model, data)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not hasattr(m, "parametrizations")
+    assert r1.score == r2.score and r1.stats == r2.stats and r1.target == r2.target
+    d = r1.to_dict()
+    json.dumps(d)
+    assert type(r1).from_dict(d).to_dict() == d
+    assert set(r1.timings) >= {"mask", "noise", "decision", "total"}
+    assert sum(r1.stats["hist_noise_negmask"]) == r1.stats["n_eval"] == 96
+    assert r1.artifacts["mask"].shape == (32, 2, 2)
+
+
+@pytest.mark.parametrize("mode", ["official", "frozen"])
+def test_ban_bn_modes_run(model, data, mode) -> None:
+    r = BAN(bn_mode=mode, **FAST).detect(model, data)
+    assert 0 < r.score <= 1 and r.config["bn_mode"] == mode
+
+
+def test_ban_bad_inputs(model, data) -> None:
+    with pytest.raises(BanscanError, match="no normalisation layer"):
+        BAN(**FAST).detect(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                         nn.Linear(4, 4)), data)
+    with pytest.raises(BanscanError, match="only 4 outputs|labels go up"):
+        BAN(**FAST).detect(model, make_synthetic(200, 6, 16))
+    with pytest.raises(BanscanError, match="bn_mode"):
+        BAN(bn_mode="weird", **FAST).detect(model, data)
+    with pytest.raises(BanscanError, match="more than n_opt"):
+        BAN(**{**FAST, "n_opt": 500}).detect(model, data)
+    with pytest.raises(BanscanError, match="1 class"):
+        BAN(**FAST).detect(model, data.subset(torch.nonzero(data.y == 2).flatten()))
+    with pytest.raises(BanscanError, match="failed on images"):
+        BAN(**FAST).detect(create_model("vgg16_bn", 4, width=4), ImageData(data.x[:, :1], data.y,
+                                                                           mean=(0.5,), std=(0.25,)))
+    with pytest.raises(BanscanError, match="ImageData"):
+        BAN(**FAST).detect(model, data.x)
+
+
+def test_ban_works_on_groupnorm_user_model(data) -> None:
+    r = BAN(**FAST).detect(PlainNet(4), data)
+    assert r.stats["n_noise_params"] == 16
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
+    w = save_weights(model, tmp_path / "m.safetensors")
+    np.savez(tmp_path / "clean.npz", x=data.x.permute(0, 2, 3, 1).numpy(), y=data.y.numpy())
+    base = ["detect", "--arch", "resnet18", "--arch-kwargs", "base_width=4", "--num-classes", "4",
+            "--data", str(tmp_path / "clean.npz"), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+            "--n-opt", "48", "--n-eval", "96", "--n-steps", "2"]
+    rc = main(base + ["--weights", str(w), "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "p")])
+    assert rc == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert out["verdict"] in ("clean", "backdoored") and {"score", "threshold", "target", "timings"} <= set(out)
+    assert (tmp_path / "p" / "histograms.png").stat().st_size > 0
+    assert main(base + ["--weights", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("banscan: error:") and "not found" in err[-1]
+    assert main(base[:4] + ["--num-classes", "10"] + base[6:] + ["--weights", str(w)]) == 2
+    assert "number of classes" in capsys.readouterr().err

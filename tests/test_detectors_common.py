@@ -1,0 +1,154 @@
+"""Common checks run on every registered detector (sklearn's ``test_common`` habit).
+
+Per detector: it runs on the tiny clean and backdoored models and returns a finite, JSON-round-tripping
+``DetectionResult``; the caller's model is untouched (weights, mode, hooks, parametrisations); the same seed
+gives the same score; and on the backdoored twin it names the right target with a higher score than on the
+clean twin. Budgets are tiny so that the default (non-slow) run stays well under two minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from banscan.detectors import DetectionResult, get_detector, list_detectors
+
+# Small budgets per detector. BAN and NC reach the efficacy property with these on the tiny zoo.
+QUICK: dict[str, dict] = {
+    "ban": dict(n_opt=200, n_eval=300, mask_steps=100, batch_size=50),
+    "nc": dict(n_opt=100, n_eval=300, n_epochs=15, batch_size=50, init_cost=1e-2),
+    "btidbf": dict(n_opt=100, n_eval=200, n_pretrain_epochs=1, n_mask_epochs=2, n_gen_epochs=2, unet_filters=4,
+                   unet_blocks=2, batch_size=50, residual=True),
+    "featurere": dict(n_opt=100, n_eval=200, n_warmup_epochs=1, n_epochs=1, unet_filters=4, unet_blocks=2,
+                      batch_size=50, residual=True),
+}
+FALLBACK = dict(n_opt=100, n_eval=200)
+# Larger budgets for the trigger-inversion baselines, whose tiny-budget runs are too weak to be judged.
+# Measured: at these budgets BTI-DBF and FeatureRE name a wrong target on the tiny BadNets twin (BTI-DBF's
+# own issue #3 reports the same on a patch trigger), so those two cases are expected failures until judged
+# at full budget on the zoo.
+_MISS = "names a wrong target on the tiny BadNets twin at test budgets (measured)"
+EFFICACY: dict[str, tuple[dict, bool]] = {  # name -> (params, slow)
+    "ban": (QUICK["ban"], False),
+    "nc": (QUICK["nc"], False),
+    "btidbf": (dict(n_opt=200, n_eval=300, n_pretrain_epochs=2, n_mask_epochs=15, n_gen_epochs=10,
+                    unet_filters=8, unet_blocks=2, batch_size=50, residual=True, gen_lr=1e-2, norm_bound=0.1), True),
+    "featurere": (dict(n_opt=100, n_eval=300, n_warmup_epochs=3, n_epochs=20, batch_size=50, unet_filters=8,
+                       unet_blocks=2, residual=True, lr=1e-2), True),
+}
+# Detectors whose default threshold separates the tiny clean and backdoored models.
+VERDICTS = {"ban", "nc"}
+
+DETECTORS = list_detectors()
+
+
+def _params(name: str) -> dict:
+    return dict(QUICK.get(name, FALLBACK))
+
+
+@pytest.fixture(scope="session")
+def run_cache(tiny_zoo):
+    cache: dict = {}
+
+    def run(name: str, which: str, params: dict) -> tuple[DetectionResult, dict]:
+        key = (name, which, json.dumps(params, sort_keys=True))
+        if key not in cache:
+            model = tiny_zoo.backdoored if which == "backdoored" else tiny_zoo.clean
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            result = get_detector(name, **params).detect(model, tiny_zoo.data)
+            cache[key] = (result, before)
+        return cache[key]
+
+    return run
+
+
+def _assert_untouched(model: nn.Module, before: dict, training: bool) -> None:
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"detector changed the caller's {k}"
+    assert model.training is training
+    for mod in model.modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks and not mod._backward_hooks
+        assert not parametrize.is_parametrized(mod)
+        assert mod.training is training
+
+
+def test_tiny_zoo_is_what_the_checks_assume(tiny_zoo):
+    assert tiny_zoo.clean_acc > 0.9 and tiny_zoo.backdoored_acc > 0.9 and tiny_zoo.asr > 0.9
+
+
+@pytest.mark.parametrize("name", DETECTORS, ids=DETECTORS)
+def test_default_constructible_and_params_round_trip(name):
+    det = get_detector(name)
+    assert type(det)(**det.get_params()).get_params() == det.get_params()
+    for common in ("seed", "threshold", "n_opt", "n_eval", "batch_size", "split_layer"):
+        assert common in det.get_params()
+    assert det.threshold_source
+
+
+@pytest.mark.parametrize("which", ["backdoored", "clean"])
+@pytest.mark.parametrize("name", DETECTORS, ids=DETECTORS)
+def test_runs_and_result_round_trips(name, which, run_cache, tiny_zoo):
+    r, before = run_cache(name, which, _params(name))
+    assert isinstance(r, DetectionResult)
+    assert r.detector == name
+    assert math.isfinite(r.score)
+    assert r.verdict in ("clean", "backdoored")
+    assert r.target is None or 0 <= r.target < len(tiny_zoo.data.classes)
+    assert r.timings["total"] > 0
+    d = json.loads(json.dumps(r.to_dict()))
+    assert DetectionResult.from_dict(d) == r
+    for k, v in r.artifacts.items():
+        assert isinstance(v, torch.Tensor) and torch.isfinite(v).all(), k
+    _assert_untouched(tiny_zoo.backdoored if which == "backdoored" else tiny_zoo.clean, before, False)
+
+
+@pytest.mark.parametrize("name", DETECTORS, ids=DETECTORS)
+def test_seeded_determinism_and_caller_mode(name, run_cache, tiny_zoo):
+    """Same seed -> same score, also when the caller's model is in train mode (which must be kept)."""
+    r1, _ = run_cache(name, "backdoored", _params(name))
+    model = copy.deepcopy(tiny_zoo.backdoored).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r2 = get_detector(name, **_params(name)).detect(model, tiny_zoo.data)
+    assert r2.score == r1.score and r2.target == r1.target
+    _assert_untouched(model, before, True)
+
+
+def _efficacy_cases():
+    cases = []
+    for name in DETECTORS:
+        params, slow = EFFICACY.get(name, (None, False))
+        marks = [pytest.mark.slow] if slow else []
+        if name in ("btidbf", "featurere"):
+            marks.append(pytest.mark.xfail(reason=_MISS, strict=False))
+        if params is None:
+            marks.append(pytest.mark.skip(reason=f"no efficacy budget defined for {name!r}"))
+        cases.append(pytest.param(name, params, marks=marks, id=name))
+    return cases
+
+
+@pytest.mark.parametrize("name, params", _efficacy_cases())
+def test_backdoored_twin_flagged_with_right_target(name, params, run_cache, tiny_zoo):
+    bd, _ = run_cache(name, "backdoored", params)
+    cl, _ = run_cache(name, "clean", params)
+    assert bd.target == tiny_zoo.target, (bd.summary(), bd.stats)
+    assert bd.score > cl.score, (bd.summary(), cl.summary())
+    if name in VERDICTS:
+        assert bd.is_backdoored and not cl.is_backdoored, (bd.summary(), cl.summary())
+
+
+@pytest.mark.parametrize("name", DETECTORS, ids=DETECTORS)
+def test_bad_input_is_a_banscan_error(name, tiny_zoo):
+    from banscan._utils import BanscanError
+
+    with pytest.raises(BanscanError):
+        get_detector(name, **{**_params(name), "n_opt": len(tiny_zoo.data)}).detect(tiny_zoo.clean, tiny_zoo.data)
+    with pytest.raises(BanscanError):
+        get_detector(name, **_params(name)).detect("not a model", tiny_zoo.data)

@@ -1,0 +1,220 @@
+"""Mitigation: BAN's noise fine-tuning removes a tiny BadNets backdoor; every method honours the contract
+(input untouched, same state-dict keys, strict reload); bad input is a BanscanError. CPU, generated data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_ARCH, TINY_CLASSES, TINY_SIZE, badnets_patch
+
+from banscan import BAN
+from banscan._utils import BanscanError
+from banscan.checkpoints import load_weights, save_weights
+from banscan.cli import main
+from banscan.data import ImageData
+from banscan.mitigation import (MitigationResult, evaluate_mitigation, get_mitigation, list_mitigations,
+                                mitigate_file, mitigate_zoo)
+from banscan.models import create_model
+from banscan.synthetic import make_synthetic
+
+# Few epochs and a higher learning rate than BAN's defaults: seconds on a CPU, same procedure.
+FAST = {
+    "ban": {"epochs": 4, "lr": 0.02, "batch_size": 64},
+    "ft": {"epochs": 1, "batch_size": 64},
+    "anp": {"n_iters": 8, "batch_size": 64},
+    "btidbf_u": {"n_rounds": 1, "n_unlearn_epochs": 1, "n_pretrain_epochs": 1, "n_mask_epochs": 1,
+                 "n_gen_epochs": 1, "unet_filters": 4, "unet_blocks": 2, "batch_size": 64},
+}
+
+
+class PatchAttack:
+    """The tiny zoo's trigger in the attack interface (``apply``, ``target_labels``)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def apply(self, x01: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return badnets_patch(x01)
+
+    def target_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(y, self.target)
+
+
+def _fresh() -> torch.nn.Module:
+    arch, kw = TINY_ARCH
+    return create_model(arch, TINY_CLASSES, **kw)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def test_set() -> ImageData:
+    return make_synthetic(400, TINY_CLASSES, TINY_SIZE, seed=7)
+
+
+@pytest.fixture(scope="module")
+def ban_run(tiny_zoo):
+    bd = tiny_zoo.backdoored
+    before, mode = _state(bd), bd.training
+    return before, mode, BAN(seed=0).mitigate(bd, tiny_zoo.data, **FAST["ban"])
+
+
+def test_ban_removes_the_backdoor_and_keeps_accuracy(tiny_zoo, test_set, ban_run):
+    bd = tiny_zoo.backdoored
+    before, mode, res = ban_run
+    assert isinstance(res, MitigationResult) and res.method == "ban"
+    ev = evaluate_mitigation(bd, res.model, test_set, PatchAttack(tiny_zoo.target))
+    assert ev["ASR_before"] > 0.9
+    assert ev["ASR_after"] < 0.2, ev
+    assert ev["BA_after"] >= ev["BA_before"] - 0.05, ev
+    assert ev["RA_after"] > 0.5, ev
+    # the caller's model is untouched
+    assert bd.training == mode
+    assert all(torch.equal(before[k], v) for k, v in bd.state_dict().items())
+    json.dumps(res.to_dict())
+    assert res.config["eps"] == 0.3 and res.stats["epochs_run"] == FAST["ban"]["epochs"]
+
+
+def test_plain_fine_tuning_is_weaker_than_ban(tiny_zoo, test_set, ban_run):
+    """Same budget without the noise: the backdoor survives (BAN's point; ft is the baseline)."""
+    bd = tiny_zoo.backdoored
+    ban = ban_run[2]
+    ft = get_mitigation("ft", **FAST["ban"]).repair(bd, tiny_zoo.data)
+    attack = PatchAttack(tiny_zoo.target)
+    asr_ban = evaluate_mitigation(bd, ban.model, test_set, attack)["ASR_after"]
+    asr_ft = evaluate_mitigation(bd, ft.model, test_set, attack)["ASR_after"]
+    assert asr_ban < asr_ft - 0.3
+
+
+@pytest.mark.parametrize("name", list_mitigations())
+def test_every_method_runs_and_keeps_the_contract(name, tiny_zoo):
+    bd = tiny_zoo.backdoored
+    before = _state(bd)
+    res = get_mitigation(name, seed=1, **{**FAST[name], "epochs": 1} if name == "ban" else FAST[name]).repair(
+        bd, tiny_zoo.data)
+    assert res.method == name
+    assert list(res.model.state_dict()) == list(bd.state_dict())
+    assert not res.model.training
+    assert all(torch.equal(before[k], v) for k, v in bd.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in res.model.state_dict().values() if v.is_floating_point())
+    fresh = _fresh()
+    fresh.load_state_dict(res.model.state_dict(), strict=True)
+    d = res.to_dict()
+    assert d["schema_version"] == 1 and json.loads(json.dumps(d))["method"] == name
+    assert "total" in res.timings
+
+
+def test_same_seed_same_model(tiny_zoo):
+    a = get_mitigation("ban", seed=3, epochs=1, batch_size=64).repair(tiny_zoo.backdoored, tiny_zoo.data)
+    b = get_mitigation("ban", seed=3, epochs=1, batch_size=64).repair(tiny_zoo.backdoored, tiny_zoo.data)
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+
+
+def test_anp_accuracy_rule_chooses_a_threshold(tiny_zoo):
+    res = get_mitigation("anp", prune_by="accuracy", n_iters=8, batch_size=64).repair(
+        tiny_zoo.backdoored, tiny_zoo.data)
+    assert res.stats["threshold_used"] in [0.0] + [round(0.05 * i, 2) for i in range(1, 20)]
+    assert len(res.stats["holdout_curve"]) == 19
+    assert 0 <= res.stats["pruned_fraction"] <= 1
+
+
+def _write_npz(path, data: ImageData) -> None:
+    np.savez(path, x=data.x.permute(0, 2, 3, 1).numpy(), y=data.y.numpy())
+
+
+def test_cli_writes_new_file_and_card_and_leaves_input_alone(tiny_zoo, tmp_path):
+    src = save_weights(tiny_zoo.backdoored, tmp_path / "in.safetensors")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    raw = src.read_bytes()
+    npz = tmp_path / "clean.npz"
+    _write_npz(npz, tiny_zoo.data)
+    out = tmp_path / "out" / "fixed.safetensors"
+    arch, kw = TINY_ARCH
+    argv = ["-q", "mitigate", "--arch", arch, "--arch-kwargs", ",".join(f"{k}={v}" for k, v in kw.items()),
+            "--weights", str(src), "--data", str(npz), "--out", str(out), "--num-classes", str(TINY_CLASSES),
+            "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--epochs", "1", "--params", "batch_size=64"]
+    assert main(argv) == 0
+    assert src.read_bytes() == raw
+    fresh = load_weights(_fresh(), out)  # strict: same keys and shapes, finite
+    assert set(fresh.state_dict()) == set(tiny_zoo.backdoored.state_dict())
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["source"]["sha256"] == digest and card["source"]["path"] == str(src.resolve())
+    assert card["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert card["procedure"]["method"] == "ban" and card["config"]["epochs"] == 1
+    assert card["data"]["n_heldout"] == 60 and card["data"]["n_repair"] == 540
+    assert 0 <= card["evaluation"]["BA_before"] <= 1 and 0 <= card["evaluation"]["BA_after"] <= 1
+    assert {"banscan", "torch"} <= set(card["versions"]) and "total" in card["timings"]
+
+
+def test_bad_input_is_a_banscan_error(tiny_zoo, tmp_path, capsys):
+    bd, data = tiny_zoo.backdoored, tiny_zoo.data
+    with pytest.raises(BanscanError, match="unknown mitigation"):
+        get_mitigation("nope")
+    with pytest.raises(BanscanError, match="does not take"):
+        get_mitigation("ban", epoch=3)
+    with pytest.raises(BanscanError, match="eps"):
+        get_mitigation("ban", eps=-1).repair(bd, data)
+    with pytest.raises(BanscanError, match="bn_mode"):
+        get_mitigation("ban", bn_mode="weird").repair(bd, data)
+    with pytest.raises(BanscanError, match="prune_by"):
+        get_mitigation("anp", prune_by="asr").repair(bd, data)
+    with pytest.raises(BanscanError, match="ImageData"):
+        get_mitigation("ft").repair(bd, (data.x, data.y))
+    with pytest.raises(BanscanError, match="nn.Module"):
+        get_mitigation("ft").repair("model.pt", data)
+    wrong_k = ImageData(data.x, data.y + TINY_CLASSES, data.mean, data.std)
+    with pytest.raises(BanscanError, match="outputs"):
+        get_mitigation("ft").repair(bd, wrong_k)
+    with pytest.raises(BanscanError, match="apply"):
+        evaluate_mitigation(bd, bd, data, attack=object())
+    src = save_weights(bd, tmp_path / "in.safetensors")
+    arch, kw = TINY_ARCH
+    with pytest.raises(BanscanError, match="safetensors"):
+        mitigate_file(arch, src, data, tmp_path / "out.pt", arch_kwargs=kw, num_classes=TINY_CLASSES)
+    with pytest.raises(BanscanError, match="input"):
+        mitigate_file(arch, src, data, src, arch_kwargs=kw, num_classes=TINY_CLASSES)
+    with pytest.raises(BanscanError, match="not a zoo"):
+        mitigate_zoo(tmp_path)
+    with pytest.raises(BanscanError, match="unknown mitigation"):
+        mitigate_zoo(tmp_path, methods=["nope"])
+    rc = main(["mitigate", "--arch", arch, "--weights", str(tmp_path / "missing.safetensors"), "--data",
+               str(tmp_path), "--out", str(tmp_path / "o.safetensors")])
+    assert rc == 2 and "banscan: error:" in capsys.readouterr().err
+
+
+def test_mitigate_zoo_appends_records_and_resumes(tiny_zoo, test_set, tmp_path, monkeypatch):
+    import banscan.attacks
+    import banscan.zoo
+    from banscan.mitigation.evaluation import RECORD_FIELDS
+
+    zoo = tmp_path / "zoo"
+    arch, kw = TINY_ARCH
+    cards = []
+    for mid, model, attack in [("bd0", tiny_zoo.backdoored, "badnets"), ("clean0", tiny_zoo.clean, None)]:
+        save_weights(model, zoo / f"{mid}.safetensors")
+        cards.append({"id": mid, "file": f"{mid}.safetensors", "arch": arch, "arch_kwargs": kw,
+                      "num_classes": TINY_CLASSES, "attack": attack, "target": tiny_zoo.target if attack else None,
+                      "status": "ok"})
+    (zoo / "manifest.json").write_text(json.dumps({"schema_version": 1, "models": cards}))
+    monkeypatch.setattr(banscan.zoo, "defender_data", lambda d, data_dir=None: tiny_zoo.data)
+    monkeypatch.setattr(banscan.zoo, "test_data", lambda d, data_dir=None: test_set)
+    monkeypatch.setattr(banscan.attacks, "attack_from_card", lambda d, c, device=None: PatchAttack(c["target"]))
+
+    res = tmp_path / "RESULTS"
+    recs = mitigate_zoo(zoo, methods=["ft"], out=res, params={"ft": FAST["ft"]})
+    assert [r["model"] for r in recs] == ["bd0"]  # clean models are skipped
+    lines = (res / "mitigation.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and tuple(json.loads(lines[0])) == RECORD_FIELDS
+    assert json.loads(lines[0])["ASR_before"] > 0.9 and json.loads(lines[0])["attack"] == "badnets"
+    assert mitigate_zoo(zoo, methods=["ft"], out=res, params={"ft": FAST["ft"]}) == []  # resumed: nothing to do
+    with open(res / "mitigation.jsonl", "a") as fh:
+        fh.write('{"model": "bd0", "meth')  # an interrupted write
+    recs = mitigate_zoo(zoo, methods=["ft", "anp"], out=res, params={"ft": FAST["ft"], "anp": FAST["anp"]})
+    assert [r["method"] for r in recs] == ["anp"]
+    assert [json.loads(x)["method"] for x in (res / "mitigation.jsonl").read_text().splitlines()] == ["ft", "anp"]
