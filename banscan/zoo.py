@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -327,7 +326,7 @@ def attack_success_rate(model: nn.Module, data: ImageData, attack: Any,
 # ---------------------------------------------------------------------------------------------- build
 def _same_recipe(card: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
     keys = ("arch", "arch_kwargs", "attack", "attack_params", "seed", "train")
-    return all(json_safe(card.get(k)) == json_safe(entry.get(k)) for k in keys)
+    return all(json_safe(card.get(k) or None) == json_safe(entry.get(k) or None) for k in keys)
 
 
 def _save_attack_state(path: Path, state: dict[str, torch.Tensor]) -> None:

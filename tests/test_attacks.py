@@ -253,6 +253,7 @@ def test_iad_generators_train_and_triggers_are_dynamic(data):
     assert torch.equal(xp[20:], x[20:])
     t = a.apply(x[:2]) - x[:2]
     assert not torch.allclose(t[0], t[1])  # the trigger depends on the input
+    assert int((t.abs().amax(1) > 0).flatten(1).sum(1).max()) <= round(0.032 * 16 * 16)  # sparse mask
 
 
 def test_ssdt_is_source_specific(data):

@@ -251,6 +251,7 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
     assert {"score", "verdict", "threshold", "target", "timings", "peak_mem_mb", "versions", "load_s"} <= set(r)
     assert r["timings"]["total"] > 0 and "hist_noise_negmask" in r["stats"]
     assert not next(x for x in recs if x["attack"] is None)["backdoored"]
+    assert sum(x["first_in_process"] for x in recs) == 1 and r["mem_kind"].startswith("cpu_maxrss_delta")
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     assert "Per attack, methods side by side" in md and "badnets" in md and "fitted on (clean only)" in md

@@ -104,7 +104,7 @@ class Mitigation(ABC):
             raise BanscanError(f"data must be banscan.ImageData (see banscan.load_data), got {type(data).__name__}")
         self._validate()
         data.check()
-        if len(data) < 2 * self.batch_size and len(data) < 16:
+        if len(data) < 16:
             raise BanscanError(f"clean data has only {len(data)} images; mitigation needs at least 16")
         dev = resolve_device(device, model)
         net = Normalized(copy.deepcopy(model), data.mean, data.std).to(dev).eval()
