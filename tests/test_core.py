@@ -288,5 +288,5 @@ def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
     assert main(base + ["--weights", str(tmp_path / "missing.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("banscan: error:") and "not found" in err[-1]
-    assert main(base[:4] + ["--num-classes", "10"] + base[6:] + ["--weights", str(w)]) == 2
+    assert main(base[:5] + ["--num-classes", "10"] + base[7:] + ["--weights", str(w)]) == 2
     assert "number of classes" in capsys.readouterr().err

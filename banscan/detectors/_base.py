@@ -157,8 +157,11 @@ class Detector(ABC):
         opt, evl = data.split(self.n_opt, self.n_eval, seed=self.seed)
         net = SplitModel(copy.deepcopy(model), data.mean, data.std, self.split_layer).to(dev).eval()
         net.requires_grad_(False)
-        if any(p.dim() == 4 for p in net.parameters()):
-            net.to(memory_format=torch.channels_last)  # faster convolutions; the copy is private
+        # Channels-last convolutions are faster and the copy is private. Not with GroupNorm: its CPU backward on
+        # channels-last input crashes the process in torch 2.13 (segfault) when the input needs no gradient.
+        if any(p.dim() == 4 for p in net.parameters()) and not any(
+                isinstance(m, nn.GroupNorm) for m in net.modules()):
+            net.to(memory_format=torch.channels_last)
         x, _ = next(evl.batches(2, dev))
         try:
             with torch.no_grad():
