@@ -94,7 +94,7 @@ def test_fx_split_for_user_model() -> None:
         assert z.shape == (3, 8, 16, 16)
         assert torch.allclose(s.head(z), m(x), atol=1e-6)
     with pytest.raises(BanscanError, match="not found"):
-        SplitModel(m, (0.0,) * 3, (1.0,) * 3, split_layer="nope")
+        SplitModel(m, (0.0,) * 3, (1.0,) * 3, split_layer="nope").features(x)
 
 
 def test_user_factory_via_import_path() -> None:

@@ -163,23 +163,16 @@ class Detector(ABC):
                 isinstance(m, nn.GroupNorm) for m in net.modules()):
             net.to(memory_format=torch.channels_last)
         x, _ = next(evl.batches(2, dev))
+        k = net.probe(x, data.y)
         try:
             with torch.no_grad():
-                z = net.features(x)
-                out = net.head(z)
+                net.head(net.features(x))
+        except BanscanError:
+            raise
         except Exception as e:
-            raise BanscanError(
-                f"the model failed on images of shape {tuple(x.shape[1:])} ({type(e).__name__}: {e})"
-            ) from None
-        if out.dim() != 2:
-            raise BanscanError(f"the model returned shape {tuple(out.shape)}; expected (batch, num_classes) logits")
-        k = out.shape[1]
-        if int(data.y.max()) >= k:
-            raise BanscanError(f"labels go up to {int(data.y.max())} but the model has only {k} outputs")
+            raise BanscanError(f"the model's feature/head split failed ({type(e).__name__}: {e})") from None
         if data.classes and len(data.classes) != k:
             raise BanscanError(f"the data names {len(data.classes)} classes but the model has {k} outputs")
-        if not torch.isfinite(out).all():
-            raise BanscanError("the model produces non-finite logits on clean images")
         return net, opt, evl, dev
 
     def detect(self, model: nn.Module, data: ImageData, device: str | torch.device | None = None

@@ -21,9 +21,10 @@ from torch import nn
 
 from .._utils import BanscanError, PhaseTimer, json_safe, resolve_device, versions
 from ..data import ImageData
+from ..models import SplitModel
 from ..train import augment
 
-__all__ = ["Mitigation", "MitigationResult", "Normalized"]
+__all__ = ["Mitigation", "MitigationResult"]
 
 
 @dataclass(frozen=True)
@@ -48,19 +49,6 @@ class MitigationResult:
 
     def summary(self) -> str:
         return f"{self.method}: repaired in {self.timings.get('total', 0):.1f}s on {self.device}"
-
-
-class Normalized(nn.Module):
-    """``model((x - mean) / std)`` for images ``x`` in ``[0, 1]``; needs no feature split (any model works)."""
-
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
 
 
 class Mitigation(ABC):
@@ -91,12 +79,12 @@ class Mitigation(ABC):
                                f"{self.batch_size!r}")
 
     @abstractmethod
-    def _repair(self, net: Normalized, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
+    def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
         """Repair ``net.model`` (a private copy on ``device``) in place; return JSON-safe statistics."""
 
     def prepare(self, model: nn.Module, data: ImageData, device: str | torch.device | None = None
-                ) -> tuple[Normalized, torch.device, int]:
+                ) -> tuple[SplitModel, torch.device, int]:
         """Validate inputs; return a private trainable copy wrapped with normalisation, the device and K."""
         if not isinstance(model, nn.Module):
             raise BanscanError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -107,24 +95,11 @@ class Mitigation(ABC):
         if len(data) < 16:
             raise BanscanError(f"clean data has only {len(data)} images; mitigation needs at least 16")
         dev = resolve_device(device, model)
-        net = Normalized(copy.deepcopy(model), data.mean, data.std).to(dev).eval()
+        net = SplitModel(copy.deepcopy(model), data.mean, data.std).to(dev).eval()
         if not any(True for _ in net.model.parameters()):
             raise BanscanError(f"{type(model).__name__} has no parameters to repair")
         x, _ = next(data.batches(2, dev))
-        try:
-            with torch.no_grad():
-                out = net(x)
-        except Exception as e:
-            raise BanscanError(
-                f"the model failed on images of shape {tuple(x.shape[1:])} ({type(e).__name__}: {e})"
-            ) from None
-        if out.dim() != 2:
-            raise BanscanError(f"the model returned shape {tuple(out.shape)}; expected (batch, num_classes) logits")
-        k = out.shape[1]
-        if int(data.y.max()) >= k:
-            raise BanscanError(f"labels go up to {int(data.y.max())} but the model has only {k} outputs")
-        if not torch.isfinite(out).all():
-            raise BanscanError("the model produces non-finite logits on clean images")
+        k = net.probe(x, data.y)
         net.model.requires_grad_(True)
         return net, dev, k
 

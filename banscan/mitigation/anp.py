@@ -31,10 +31,10 @@ from torch.nn.utils import parametrize
 
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
-from ..models import norm_layers
+from ..models import norm_layers, SplitModel
 from ..noise import NeuronNoise, bn_batch_stats
 from . import register_mitigation
-from ._base import Mitigation, Normalized, check_positive, cross_entropy, train_batches
+from ._base import Mitigation, check_positive, cross_entropy, train_batches
 
 _PRUNE_BY = ("threshold", "accuracy")
 _GRID = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -115,7 +115,7 @@ class ANP(Mitigation):
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.amp))
 
-    def fit_masks(self, net: Normalized, data: ImageData, gen: torch.Generator, device: torch.device
+    def fit_masks(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device
                   ) -> tuple[list[torch.Tensor], list[float]]:
         """Optimise the neuron masks on ``data`` (weights frozen); returns one mask per norm layer and losses."""
         model = net.model
@@ -178,7 +178,7 @@ class ANP(Mitigation):
         return n
 
     @torch.no_grad()
-    def _accuracy(self, net: Normalized, data: ImageData, device: torch.device) -> float:
+    def _accuracy(self, net: SplitModel, data: ImageData, device: torch.device) -> float:
         net.eval()
         hits = 0
         for x, y in data.batches(self.batch_size * 2, device):
@@ -186,7 +186,7 @@ class ANP(Mitigation):
                 hits += int((net(x).argmax(1) == y).sum())
         return hits / len(data)
 
-    def _repair(self, net: Normalized, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
+    def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
         original = {k: v.clone() for k, v in net.model.state_dict().items()}
         fit, held = data, None

@@ -44,11 +44,12 @@ from typing import Any
 
 import torch
 
+from ..models import SplitModel
 from .._utils import BanscanError
 from ..data import ImageData
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
 from . import register_mitigation
-from ._base import Normalized, check_positive, cross_entropy, train_batches
+from ._base import check_positive, cross_entropy, train_batches
 from .finetune import FineTune
 
 _BN_MODES = ("clean", "recalibrate", "official")
@@ -107,14 +108,14 @@ class BANFineTune(FineTune):
         if self.bn_mode not in _BN_MODES:
             raise BanscanError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
 
-    def _setup(self, net: Normalized, data: ImageData, gen: torch.Generator, device: torch.device) -> NeuronNoise:
+    def _setup(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device) -> NeuronNoise:
         return NeuronNoise(net.model, self.eps)
 
-    def _weights(self, net: Normalized, ctx: NeuronNoise) -> list[torch.nn.Parameter]:
+    def _weights(self, net: SplitModel, ctx: NeuronNoise) -> list[torch.nn.Parameter]:
         noise_ids = {id(p) for p in ctx.parameters()}
         return [p for p in net.model.parameters() if p.requires_grad and id(p) not in noise_ids]
 
-    def _loss(self, net: Normalized, ctx: NeuronNoise, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+    def _loss(self, net: SplitModel, ctx: NeuronNoise, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         noise = ctx
 
@@ -132,7 +133,7 @@ class BANFineTune(FineTune):
         loss = loss_clean + self.lambda_rob * loss_rob
         return loss, {"loss_clean": float(loss_clean.detach()), "loss_noise": float(loss_rob.detach())}
 
-    def _finish(self, net: Normalized, ctx: NeuronNoise, data: ImageData, device: torch.device,
+    def _finish(self, net: SplitModel, ctx: NeuronNoise, data: ImageData, device: torch.device,
                 stats: dict[str, Any]) -> None:
         ctx.remove()
         stats["n_noise_params"] = ctx.n_params

@@ -31,7 +31,7 @@ from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
 from . import register_mitigation
-from ._base import Mitigation, Normalized, check_positive, train_batches
+from ._base import Mitigation, check_positive, train_batches
 
 
 @register_mitigation("btidbf_u")
@@ -106,7 +106,7 @@ class BTIDBFUnlearn(Mitigation):
         det._validate()
         return det
 
-    def _repair(self, net: Normalized, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
+    def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
         from ..detectors._inversion import seeded_unet
 

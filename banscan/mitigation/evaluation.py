@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models import SplitModel
 from .._utils import BanscanError, resolve_device
 from ..data import ImageData
 from . import get_mitigation
-from ._base import Normalized
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ RECORD_FIELDS = ("model", "method", "attack", "BA_before", "BA_after", "ASR_befo
 @torch.no_grad()
 def _rates(model: nn.Module, data: ImageData, attack: Any, device: torch.device,
            batch_size: int) -> dict[str, float | int]:
-    net = Normalized(model, data.mean, data.std).to(device)
+    net = SplitModel(model, data.mean, data.std).to(device)
     was_training = model.training
     net.eval()
     hit = n = asr_hit = ra_hit = n_trig = 0

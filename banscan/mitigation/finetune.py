@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from ..models import SplitModel
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from . import register_mitigation
-from ._base import Mitigation, Normalized, check_positive, cross_entropy, train_batches
+from ._base import Mitigation, check_positive, cross_entropy, train_batches
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +71,23 @@ class FineTune(Mitigation):
 
     # hooks the noise variant overrides
     # Hooks for the noise variant; ``ctx`` is whatever ``_setup`` returns (run state never lives on ``self``).
-    def _setup(self, net: Normalized, data: ImageData, gen: torch.Generator, device: torch.device) -> Any:
+    def _setup(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device) -> Any:
         return None
 
-    def _weights(self, net: Normalized, ctx: Any) -> list[torch.nn.Parameter]:
+    def _weights(self, net: SplitModel, ctx: Any) -> list[torch.nn.Parameter]:
         return [p for p in net.model.parameters() if p.requires_grad]
 
-    def _loss(self, net: Normalized, ctx: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+    def _loss(self, net: SplitModel, ctx: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         with self._autocast(device):
             out = net(x)
         return cross_entropy(out, y), {}
 
-    def _finish(self, net: Normalized, ctx: Any, data: ImageData, device: torch.device,
+    def _finish(self, net: SplitModel, ctx: Any, data: ImageData, device: torch.device,
                 stats: dict[str, Any]) -> None:
         pass
 
-    def _repair(self, net: Normalized, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
+    def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
         ctx = self._setup(net, data, gen, device)
         opt = self._optimizer(self._weights(net, ctx))

@@ -98,7 +98,8 @@ class SplitModel(nn.Module):
     """A classifier seen as ``head(features(x))``, with input normalisation built in.
 
     Args:
-        model: the classifier. It is used as is (wrap a copy if it must stay untouched).
+        model: the classifier. It is used as is (wrap a copy if it must stay untouched); ``forward`` is
+            ``model(normalize(x))``, and the feature/head split is only built when first used.
         mean, std: per-channel normalisation applied to inputs in ``[0, 1]``.
         split_layer: for models without ``forward_features``/``forward_head``, the module whose input is
             the feature map; ``None`` means the last global pooling.
@@ -113,21 +114,46 @@ class SplitModel(nn.Module):
         self.model = model
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
-        native = hasattr(model, "forward_features") and hasattr(model, "forward_head")
-        if native and split_layer is None:
-            self._f, self._h = model.forward_features, model.forward_head
-        else:
-            self._fx_f, self._fx_h = _fx_split(model, split_layer)
-            self._f, self._h = self._fx_f, self._fx_h
+        self.split_layer = split_layer
+        self._split: tuple | None = None
+
+    def _parts(self) -> tuple:
+        # The split is built on first use, so that plain classification works for any model.
+        if self._split is None:
+            native = hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")
+            if native and self.split_layer is None:
+                self._split = (self.model.forward_features, self.model.forward_head)
+            else:
+                self._split = _fx_split(self.model, self.split_layer)
+        return self._split
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._f(self.normalize(x))
+        return self._parts()[0](self.normalize(x))
 
     def head(self, z: torch.Tensor) -> torch.Tensor:
-        return self._h(z)
+        return self._parts()[1](z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.model(self.normalize(x))
+
+    @torch.no_grad()
+    def probe(self, x: torch.Tensor, labels: torch.Tensor) -> int:
+        """Run a few images through; return the number of classes, or raise a clear error for a model that
+        fails, returns something other than logits, has too few outputs for ``labels`` or is non-finite."""
+        try:
+            out = self(x)
+        except Exception as e:
+            raise BanscanError(
+                f"the model failed on images of shape {tuple(x.shape[1:])} ({type(e).__name__}: {e})"
+            ) from None
+        if out.dim() != 2:
+            raise BanscanError(f"the model returned shape {tuple(out.shape)}; expected (batch, num_classes) logits")
+        k = out.shape[1]
+        if int(labels.max()) >= k:
+            raise BanscanError(f"labels go up to {int(labels.max())} but the model has only {k} outputs")
+        if not torch.isfinite(out).all():
+            raise BanscanError("the model produces non-finite logits on clean images")
+        return k
