@@ -11,18 +11,17 @@ from typing import Any
 from ._utils import BanscanError, versions
 from .checkpoints import load_weights
 from .data import load_data
-from .detectors import calibrate_threshold, get_detector
+from .detectors import Detector, calibrate_threshold
 from .models import create_model, parse_kwargs
 
 __all__ = ["calibrate_from_folder"]
 _WEIGHT_EXT = {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
 
 
-def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, *, method: str = "ban",
-                          fpr: float = 0.05, seed: int = 0, device: str | None = None, arch: str = "resnet18",
+def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, detector: Detector, *,
+                          fpr: float = 0.05, device: str | None = None, arch: str = "resnet18",
                           arch_kwargs: str = "", num_classes: int = 10, mean: Sequence[float] | None = None,
-                          std: Sequence[float] | None = None, data_split: str = "test",
-                          detector_params: dict[str, Any] | None = None) -> dict[str, Any]:
+                          std: Sequence[float] | None = None, data_split: str = "test") -> dict[str, Any]:
     """Scan every weight file in ``models`` (all known clean) and return the calibration record.
 
     The threshold is the smallest value that flags at most ``fpr`` of these clean models
@@ -36,7 +35,7 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, *,
         raise BanscanError(f"{folder} holds no weight files ({', '.join(sorted(_WEIGHT_EXT))})")
     kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     clean = load_data(data, split=data_split, **kw)
-    det = get_detector(method, seed=seed, **(detector_params or {}))
+    det = detector
     scores: dict[str, float] = {}
     t0 = time.perf_counter()
     for f in files:
@@ -44,7 +43,7 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, *,
         load_weights(model, f)
         scores[f.name] = det.detect(model, clean, device=device).score
     return {
-        "method": method,
+        "method": det.name,
         "threshold": calibrate_threshold(list(scores.values()), fpr),
         "fpr": fpr,
         "n_models": len(scores),
@@ -53,7 +52,7 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, *,
         "arch": arch,
         "arch_kwargs": arch_kwargs,
         "data": str(data),
-        "seed": seed,
+        "seed": det.seed,
         "time_s": round(time.perf_counter() - t0, 2),
         "versions": versions(),
     }

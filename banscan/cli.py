@@ -114,7 +114,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate_from_folder
 
-    cal = calibrate_from_folder(args.models, args.data, method=args.method, fpr=args.fpr, seed=args.seed,
+    args.threshold = args.threshold_file = None
+    cal = calibrate_from_folder(args.models, args.data, _detector_from_args(args), fpr=args.fpr,
                                 device=args.device, arch=args.arch, arch_kwargs=args.arch_kwargs,
                                 num_classes=args.num_classes, mean=args.mean, std=args.std,
                                 data_split=args.data_split)
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-split", default="test", choices=["train", "test"])
     p.add_argument("--mean", type=_floats, default=CIFAR10_MEAN)
     p.add_argument("--std", type=_floats, default=CIFAR10_STD)
-    p.add_argument("--method", default="ban")
+    _add_detector_args(p)
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive budget on clean models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

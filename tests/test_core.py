@@ -290,3 +290,25 @@ def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
     assert err[-1].startswith("banscan: error:") and "not found" in err[-1]
     assert main(base[:5] + ["--num-classes", "10"] + base[7:] + ["--weights", str(w)]) == 2
     assert "number of classes" in capsys.readouterr().err
+
+
+def test_cli_calibrate_then_detect_with_threshold_file(tmp_path, model, data) -> None:
+    folder = tmp_path / "clean_models"
+    save_weights(model, folder / "a.safetensors")
+    torch.manual_seed(1)
+    other = create_model("resnet18", 4, base_width=4).eval()
+    save_weights(other, folder / "b.safetensors")
+    np.savez(tmp_path / "clean.npz", x=data.x.permute(0, 2, 3, 1).numpy(), y=data.y.numpy())
+    common = ["--arch", "resnet18", "--arch-kwargs", "base_width=4", "--num-classes", "4",
+              "--data", str(tmp_path / "clean.npz"), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+              "--n-opt", "48", "--n-eval", "96", "--n-steps", "2"]
+    cal_file = tmp_path / "thr.json"
+    assert main(["calibrate", "--models", str(folder), "--fpr", "0", "--out", str(cal_file)] + common) == 0
+    cal = json.loads(cal_file.read_text())
+    assert cal["method"] == "ban" and cal["n_models"] == 2 and set(cal["scores"]) == {"a.safetensors", "b.safetensors"}
+    assert cal["threshold"] > max(cal["scores"].values())
+    assert main(["detect", "--weights", str(folder / "a.safetensors"), "--threshold-file", str(cal_file),
+                 "--json", str(tmp_path / "r.json")] + common) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["threshold"] == cal["threshold"] and r["verdict"] == "clean" and r["threshold_source"] == "user"
+    assert main(["calibrate", "--models", str(tmp_path / "nothing"), "--out", str(cal_file)] + common) == 2
