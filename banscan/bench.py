@@ -663,6 +663,11 @@ def add_cli(sub: Any) -> None:
                    help='JSON object (or file) of per-method parameters, e.g. \'{"ban": {"n_steps": 10}}\'')
     p.add_argument("--models", default=None, help="comma-separated model ids (default: every model with status ok)")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report at the end")
+    p.add_argument("--mitigate", default=None, metavar="METHODS",
+                   help="also repair every backdoored model with these mitigations (e.g. ban,ft,anp,btidbf_u); "
+                        "BA/ASR before and after go to RESULTS/mitigation.jsonl and the report")
+    p.add_argument("--mitigate-params", default=None,
+                   help='JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
     _report_args(p)
     p.set_defaults(func=_cmd_bench)
     bsub = p.add_subparsers(dest="bench_command", metavar="{report}")
@@ -684,6 +689,13 @@ def _cmd_bench(args: Any) -> int:
     counts = run_bench(cfg, argv=_command_line(args))
     print(f"scanned {counts['scanned']}, already done {counts['skipped']}, errors {counts['errors']} "
           f"-> {Path(args.out) / RESULTS_NAME}")
+    if args.mitigate:
+        from .mitigation.evaluation import mitigate_zoo
+
+        mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
+        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=_parse_method_params(args.mitigate_params, mit),
+                            ids=cfg.models, seed=args.seed, device=args.device)
+        print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
     if args.report:
         return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
                                        bootstrap=args.bootstrap, seed=args.seed))
@@ -694,7 +706,8 @@ def _command_line(args: Any) -> list[str]:
     """The scan's command line rebuilt from the parsed arguments (equivalent to what was typed)."""
     argv = ["banscan", "bench", "--zoo", args.zoo, "--methods", args.methods, "--out", args.out, "--seed",
             str(args.seed)]
-    for flag, val in (("--device", args.device), ("--method-params", args.method_params), ("--models", args.models)):
+    for flag, val in (("--device", args.device), ("--method-params", args.method_params), ("--models", args.models),
+                      ("--mitigate", args.mitigate), ("--mitigate-params", args.mitigate_params)):
         if val is not None:
             argv += [flag, val]
     return argv

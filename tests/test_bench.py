@@ -353,3 +353,10 @@ def test_bench_on_the_shipped_tiny_zoo(tmp_path):
     assert main(argv) == 0
     assert (out / RESULTS_NAME).read_text() == first
     assert (out / "report.html").is_file()
+    # --mitigate repairs the backdoored models and the report gains the mitigation section
+    mit = argv + ["--mitigate", "ban", "--mitigate-params", json.dumps({"ban": {"epochs": 1, "batch_size": 16}})]
+    assert main(mit) == 0
+    recs = [json.loads(line) for line in (out / "mitigation.jsonl").read_text().splitlines()]
+    backdoored = {c["id"] for c in cards if c["status"] == "ok" and c["attack"]}
+    assert {r["model"] for r in recs} == backdoored and all(r["method"] == "ban" for r in recs)
+    assert "ASR_after" in recs[0] and "itigation" in (out / "report.md").read_text()
