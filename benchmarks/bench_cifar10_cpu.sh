@@ -14,5 +14,6 @@ ZOO="${ZOO:-runs/zoo-cifar10-cpu}"
 OUT="${OUT:-benchmarks/results/cifar10-cpu}"
 
 banscan zoo build cifar10-cpu --out "$ZOO" --device cpu
-banscan bench --zoo "$ZOO" --methods ban,btidbf,nc,featurere --out "$OUT" --seed 0 --device cpu --no-report
+banscan bench --zoo "$ZOO" --methods ban,btidbf,nc,featurere --out "$OUT" --seed 0 --device cpu --no-report \
+    --mitigate ban,ft,anp,btidbf_u
 banscan bench report --results "$OUT" --fpr 0.05 --calibration loo --bootstrap 2000

@@ -13,5 +13,6 @@ ZOO="${ZOO:-runs/zoo-cifar10-paper}"
 OUT="${OUT:-benchmarks/results/cifar10-paper}"
 
 banscan zoo build cifar10-paper --out "$ZOO" --device cuda
-banscan bench --zoo "$ZOO" --methods ban,btidbf,nc,featurere --out "$OUT" --seed 0 --device cuda --no-report
+banscan bench --zoo "$ZOO" --methods ban,btidbf,nc,featurere --out "$OUT" --seed 0 --device cuda --no-report \
+    --mitigate ban,ft,anp,btidbf_u
 banscan bench report --results "$OUT" --fpr 0.05 --calibration loo --bootstrap 2000
