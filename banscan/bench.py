@@ -666,6 +666,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--mitigate", default=None, metavar="METHODS",
                    help="also repair every backdoored model with these mitigations (e.g. ban,ft,anp,btidbf_u); "
                         "BA/ASR before and after go to RESULTS/mitigation.jsonl and the report")
+    p.add_argument("--mitigate-images", type=int, default=None,
+                   help="repair with this many defender images (the BAN paper: 2500, 5%% of CIFAR-10); default all")
     p.add_argument("--mitigate-params", default=None,
                    help='JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
     _report_args(p)
@@ -694,7 +696,7 @@ def _cmd_bench(args: Any) -> int:
 
         mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
         recs = mitigate_zoo(args.zoo, mit, out=args.out, params=_parse_method_params(args.mitigate_params, mit),
-                            ids=cfg.models, seed=args.seed, device=args.device)
+                            ids=cfg.models, seed=args.seed, device=args.device, n_images=args.mitigate_images)
         print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
     if args.report:
         return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
@@ -707,9 +709,10 @@ def _command_line(args: Any) -> list[str]:
     argv = ["banscan", "bench", "--zoo", args.zoo, "--methods", args.methods, "--out", args.out, "--seed",
             str(args.seed)]
     for flag, val in (("--device", args.device), ("--method-params", args.method_params), ("--models", args.models),
-                      ("--mitigate", args.mitigate), ("--mitigate-params", args.mitigate_params)):
+                      ("--mitigate", args.mitigate), ("--mitigate-params", args.mitigate_params),
+                      ("--mitigate-images", args.mitigate_images)):
         if val is not None:
-            argv += [flag, val]
+            argv += [flag, str(val)]
     return argv
 
 

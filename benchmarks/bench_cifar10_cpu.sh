@@ -15,5 +15,5 @@ OUT="${OUT:-benchmarks/results/cifar10-cpu}"
 
 banscan zoo build cifar10-cpu --out "$ZOO" --device cpu
 banscan bench --zoo "$ZOO" --methods ban,btidbf,nc,featurere --out "$OUT" --seed 0 --device cpu --no-report \
-    --mitigate ban,ft,anp,btidbf_u
+    --mitigate ban,ft,anp,btidbf_u --mitigate-images 2500
 banscan bench report --results "$OUT" --fpr 0.05 --calibration loo --bootstrap 2000

@@ -12,5 +12,5 @@ OUT="${OUT:-benchmarks/results/cifar10-mini}"
 banscan -q zoo build benchmarks/specs/cifar10-mini.toml --out "$ZOO" --device cpu
 python benchmarks/ban_bn_modes.py --zoo "$ZOO" --out "$OUT/bn_modes.json"
 banscan -q bench --zoo "$ZOO" --methods ban,nc --out "$OUT" --seed 0 --device cpu --no-report \
-    --mitigate ban,ft
+    --mitigate ban,ft --mitigate-images 2500
 banscan bench report --results "$OUT" --fpr 0.05 --calibration loo --bootstrap 2000
