@@ -27,7 +27,7 @@ from . import get_mitigation
 log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("model", "method", "attack", "BA_before", "BA_after", "ASR_before", "ASR_after", "RA_after",
-                 "time_s")
+                 "time_s", "n_images")
 
 
 @torch.no_grad()
