@@ -31,20 +31,26 @@ def main() -> None:
     data = defender_data(args.zoo)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []  # resume: keep finished scans
+    done = {(r["model"], r["bn_mode"]) for r in rows}
     for card in manifest["models"]:
         if card["status"] != "ok":
             continue
         model = load_zoo_model(args.zoo, card, device=args.device)
         for mode in args.modes.split(","):
+            if (card["id"], mode) in done:
+                continue
             r = BAN(bn_mode=mode, seed=args.seed).detect(model, data)
             rows.append({"model": card["id"], "attack": card["attack"], "true_target": card["target"],
                          "BA": card["BA"], "ASR": card["ASR"], "bn_mode": mode, "score": r.score,
                          "target": r.target, "share_noise": r.stats["share_noise"],
                          "target_noise": r.stats["target_noise"], "acc_noise": r.stats["acc_noise"],
-                         "mask_mean": r.stats["mask_mean"], "time_s": r.timings["total"]})
+                         "mask_mean": r.stats["mask_mean"], "noise_gain": r.stats["noise_gain_on_target"],
+                         "share_negmask_clean": r.stats["share_negmask_clean_on_target"],
+                         "time_s": r.timings["total"]})
             print(f"{card['id']:<28s} {mode:<12s} score {r.score:.3f} target {r.target} (true {card['target']}) "
                   f"noise-only {r.stats['share_noise']:.3f} mask {r.stats['mask_mean']:.2f} "
+                  f"negmask-clean {r.stats['share_negmask_clean_on_target']:.3f} "
                   f"{r.timings['total']:.0f}s", flush=True)
             out.write_text(json.dumps({"zoo": args.zoo, "seed": args.seed, "versions": versions(), "rows": rows},
                                       indent=1))

@@ -255,6 +255,8 @@ def test_ban_bad_inputs(model, data) -> None:
                                          nn.Linear(4, 4)), data)
     with pytest.raises(BanscanError, match="only 4 outputs|labels go up"):
         BAN(**FAST).detect(model, make_synthetic(200, 6, 16))
+    with pytest.raises(BanscanError, match="statistic"):
+        BAN(statistic="median", **FAST).detect(model, data)
     with pytest.raises(BanscanError, match="bn_mode"):
         BAN(bn_mode="weird", **FAST).detect(model, data)
     with pytest.raises(BanscanError, match="more than n_opt"):
@@ -266,6 +268,11 @@ def test_ban_bad_inputs(model, data) -> None:
                                                                            mean=(0.5,), std=(0.25,)))
     with pytest.raises(BanscanError, match="ImageData"):
         BAN(**FAST).detect(model, data.x)
+
+
+def test_ban_noise_statistic_reports_the_noise_only_share(model, data) -> None:
+    r = BAN(statistic="noise", **FAST).detect(model, data)
+    assert r.score == r.stats["share_noise"] and r.target == r.stats["target_noise"]
 
 
 def test_ban_works_on_groupnorm_user_model(data) -> None:

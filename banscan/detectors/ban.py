@@ -66,6 +66,8 @@ class BAN(Detector):
         n_eval: images for the decision pass (disjoint from the optimisation images).
         batch_size: mini-batch size of every phase.
         split_layer: split point for models without ``forward_features``/``forward_head``.
+        statistic: ``"negmask"`` (the paper's decision pass: noise on, negative mask) or ``"noise"`` (noise on,
+            no mask: the share of the class the noise alone pushes clean images to). Both are always in ``stats``.
         amp: bfloat16 autocast for the network passes; ``None`` turns it on for CUDA and for CPUs with
             native bfloat16 (AVX512-BF16/AMX), where it roughly halves the time.
 
@@ -89,7 +91,8 @@ class BAN(Detector):
     def __init__(self, *, eps: float = 0.3, n_steps: int = 30, project: bool = True, bn_mode: str = "recalibrate",
                  mask_lambda: float = 0.75, mask_lr: float = 0.01, mask_steps: int = 400, l1: str = "official",
                  seed: int = 0, threshold: float | None = None, n_opt: int = 500, n_eval: int = 5000,
-                 batch_size: int = 128, split_layer: str | None = None, amp: bool | None = None) -> None:
+                 batch_size: int = 128, split_layer: str | None = None, statistic: str = "negmask",
+                 amp: bool | None = None) -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.project = project
@@ -104,11 +107,14 @@ class BAN(Detector):
         self.n_eval = n_eval
         self.batch_size = batch_size
         self.split_layer = split_layer
+        self.statistic = statistic
         self.amp = amp
 
     def _validate(self) -> None:
         if self.bn_mode not in _BN_MODES:
             raise BanscanError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
+        if self.statistic not in ("negmask", "noise"):
+            raise BanscanError(f"statistic must be 'negmask' or 'noise', got {self.statistic!r}")
         if self.l1 not in ("official", "mean"):
             raise BanscanError(f"l1 must be 'official' or 'mean', got {self.l1!r}")
         if not self.eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1:
@@ -213,6 +219,8 @@ class BAN(Detector):
                 pred_clean = net.head(z_opt).argmax(1)
         with timer.phase("mask"):
             mask = self.fit_mask(net, z_opt, y_opt, gen)
+            with torch.no_grad():
+                pred_neg_clean = net.head((1 - mask) * z_opt).argmax(1)
         with timer.phase("noise"):
             losses = self.fit_noise(net, noise, opt, gen, device)
         with timer.phase("decision"):
@@ -231,6 +239,7 @@ class BAN(Detector):
         y_ev = evl.y.to(pred_noise.device)
         n = len(y_ev)
         target = int(h_neg.argmax())
+        h_neg_clean = _hist(pred_neg_clean, k)
         stats = {
             "hist_clean": h_clean, "hist_noise": h_noise, "hist_noise_negmask": h_neg,
             "acc_clean": float((pred_clean == y_opt).float().mean()),
@@ -241,7 +250,16 @@ class BAN(Detector):
             "share_clean": float(h_clean.max()) / len(y_opt),
             "clean_stats_on": "optimisation split (noise off, no mask)",
             "mask_mean": float(mask.mean()),
+            # Diagnostic (not the score): how much of the target's share the noise adds over the negative mask
+            # alone (noise off, optimisation split). A mask that leaves too few features can send clean images to
+            # one class without any noise; a backdoor needs the noise.
+            "hist_negmask_clean": h_neg_clean,
+            "share_negmask_clean_on_target": float(h_neg_clean[target]) / len(y_opt),
+            "noise_gain_on_target": float(h_neg[target]) / n - float(h_neg_clean[target]) / len(y_opt),
             "noise_loss_first": losses[0], "noise_loss_last": losses[-1],
             "n_noise_params": noise.n_params, "n_eval": n, "amp": self._use_amp(device),
         }
+        if self.statistic == "noise":
+            return Evidence(score=stats["share_noise"], target=stats["target_noise"], stats=stats,
+                            artifacts={"mask": mask.cpu()})
         return Evidence(score=float(h_neg.max()) / n, target=target, stats=stats, artifacts={"mask": mask.cpu()})
