@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import platform
 import time
 from collections.abc import Iterable, Iterator
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["BanscanError", "versions", "PhaseTimer", "progress", "resolve_device", "set_progress"]
+__all__ = ["BanscanError", "HyperParams", "versions", "PhaseTimer", "progress", "resolve_device", "set_progress"]
 
 T = TypeVar("T")
 _PROGRESS = {"enabled": False}
@@ -18,6 +19,20 @@ _PROGRESS = {"enabled": False}
 
 class BanscanError(ValueError):
     """Bad input or configuration, with a message that says what was wrong and what was expected."""
+
+
+class HyperParams:
+    """Mixin for classes whose keyword-only ``__init__`` stores every argument under its own name
+    (detectors, attacks, mitigations): parameters are read back by signature, and shown by ``repr``."""
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters, read back from the attributes of the same names."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
 
 def versions() -> dict[str, str]:

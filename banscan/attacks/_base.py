@@ -17,14 +17,13 @@ Conventions:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .._utils import BanscanError
+from .._utils import BanscanError, HyperParams
 from ..data import ImageData
 
 __all__ = ["Attack"]
@@ -32,23 +31,13 @@ __all__ = ["Attack"]
 MODES = ("all2one", "all2all")
 
 
-class Attack(ABC):
+class Attack(HyperParams, ABC):
     """Base class of every attack; subclasses implement :meth:`_trigger` (and optionally more)."""
 
     name: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False
     modes: ClassVar[tuple[str, ...]] = ("all2one",)
     reference: ClassVar[str] = ""
-
-    # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's parameters, read back from the attributes of the same names."""
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     def _validate(self, num_classes: int) -> None:
         p = self.get_params()

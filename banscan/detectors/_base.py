@@ -9,7 +9,6 @@ suspicious; the verdict is ``score >= threshold``.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 from abc import ABC, abstractmethod
@@ -21,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._utils import BanscanError, PhaseTimer, json_safe, resolve_device, versions
+from .._utils import BanscanError, HyperParams, PhaseTimer, json_safe, resolve_device, versions
 from ..data import ImageData
 from ..models import SplitModel
 
@@ -108,7 +107,7 @@ def calibrate_threshold(clean_scores: list[float], fpr: float = 0.05) -> float:
                                                                                       dtype=torch.float64)))
 
 
-class Detector(ABC):
+class Detector(HyperParams, ABC):
     """Base class: validation, copying, splitting, timing and the verdict live here once.
 
     Subclasses define a keyword-only ``__init__`` that stores its arguments under the same names
@@ -126,14 +125,6 @@ class Detector(ABC):
     n_eval: int
     batch_size: int
     split_layer: str | None
-
-    def get_params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     @abstractmethod
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,

@@ -9,7 +9,6 @@ touched. ``data`` is the defender's clean data, used whole (hold out an evaluati
 from __future__ import annotations
 
 import copy
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import BanscanError, PhaseTimer, json_safe, resolve_device, versions
+from .._utils import BanscanError, HyperParams, PhaseTimer, json_safe, resolve_device, versions
 from ..data import ImageData
 from ..models import SplitModel
 from ..train import augment
@@ -51,7 +50,7 @@ class MitigationResult:
         return f"{self.method}: repaired in {self.timings.get('total', 0):.1f}s on {self.device}"
 
 
-class Mitigation(ABC):
+class Mitigation(HyperParams, ABC):
     """Base class: validation, copying, timing and the result live here once.
 
     Subclasses define a keyword-only ``__init__`` that stores its arguments under the same names (including
@@ -61,14 +60,6 @@ class Mitigation(ABC):
     name: ClassVar[str] = ""
     seed: int
     batch_size: int
-
-    def get_params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     def _validate(self) -> None:
         """Check hyperparameters (called by :meth:`repair`); subclasses extend it."""
