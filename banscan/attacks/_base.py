@@ -38,6 +38,7 @@ class Attack(HyperParams, ABC):
     clean_label: ClassVar[bool] = False
     modes: ClassVar[tuple[str, ...]] = ("all2one",)
     reference: ClassVar[str] = ""
+    per_batch: ClassVar[bool] = False  # True: poison_batch picks its own share of each batch (no fixed set)
 
     def _validate(self, num_classes: int) -> None:
         p = self.get_params()
@@ -90,6 +91,8 @@ class Attack(HyperParams, ABC):
 
     def _choose(self, y: torch.Tensor) -> torch.Tensor:
         """Seeded boolean mask over the training set: ``round(poison_rate * eligible)`` samples."""
+        if self.per_batch:
+            return torch.zeros(len(y), dtype=torch.bool)
         cand = torch.nonzero(self._eligible(y.cpu())).flatten()
         k = int(round(float(self.get_params().get("poison_rate", 0.0)) * len(cand)))
         gen = torch.Generator().manual_seed(int(self.get_params().get("seed", 0)) + 7919)

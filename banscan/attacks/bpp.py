@@ -64,6 +64,7 @@ class Bpp(Attack):
 
     modes = ("all2one", "all2all")
     reference = "Wang et al., BppAttack, CVPR 2022"
+    per_batch = True  # poisons a share of every batch, as its paper does
 
     def __init__(self, *, target: int = 0, poison_rate: float = 0.2, neg_rate: float = 0.2, squeeze_num: int = 8,
                  dithering: bool = False, mode: str = "all2one", seed: int = 0) -> None:
@@ -84,11 +85,6 @@ class Bpp(Attack):
 
     def _trigger(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return dither(x, self.squeeze_num) if self.dithering else squeeze(x, self.squeeze_num)
-
-    def prepare(self, data, device=None):  # type: ignore[override]
-        self.build(data.image_shape, data.num_classes, device)
-        self.poison_index_ = torch.zeros(len(data), dtype=torch.bool)  # poisoned per batch instead
-        return data
 
     def poison_batch(self, x, y, idx, gen):  # type: ignore[override]
         self._check_built()

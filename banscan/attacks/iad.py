@@ -48,6 +48,7 @@ class IAD(Attack):
 
     modes = ("all2one", "all2all")
     reference = "Nguyen & Tran, Input-Aware Dynamic Backdoor Attack, NeurIPS 2020"
+    per_batch = True  # poisons a share of every batch, as its paper does
 
     def __init__(self, *, target: int = 0, poison_rate: float = 0.1, p_cross: float = 0.1,
                  mask_density: float = 0.032, lambda_div: float = 1.0, lambda_norm: float = 100.0, width: int = 16,
@@ -79,11 +80,6 @@ class IAD(Attack):
             self.mask_gen_ = TriggerGenerator(c, 1, self.width)
         self.pattern_gen_.to(self.device_)
         self.mask_gen_.to(self.device_)
-
-    def prepare(self, data, device=None):  # type: ignore[override]
-        self.build(data.image_shape, data.num_classes, device)
-        self.poison_index_ = torch.zeros(len(data), dtype=torch.bool)  # poisoned per batch instead
-        return data
 
     def extra_parameters(self) -> list[nn.Parameter]:
         self._check_built()

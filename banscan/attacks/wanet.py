@@ -39,6 +39,7 @@ class WaNet(Attack):
 
     modes = ("all2one", "all2all")
     reference = "Nguyen & Tran, WaNet, ICLR 2021"
+    per_batch = True  # poisons a share of every batch, as its paper does
 
     def __init__(self, *, target: int = 0, poison_rate: float = 0.1, k: int = 4, s: float = 0.5,
                  grid_rescale: float = 1.0, cross_ratio: float = 2.0, mode: str = "all2one", seed: int = 0) -> None:
@@ -78,11 +79,6 @@ class WaNet(Attack):
 
     def _trigger(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self._warp(x, self._grid(x.device))
-
-    def prepare(self, data, device=None):  # type: ignore[override]
-        self.build(data.image_shape, data.num_classes, device)
-        self.poison_index_ = torch.zeros(len(data), dtype=torch.bool)  # poisoned per batch instead
-        return data
 
     def poison_batch(self, x, y, idx, gen):  # type: ignore[override]
         self._check_built()
