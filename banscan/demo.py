@@ -39,7 +39,9 @@ def run_demo(seed: int = 0, out: str | None = None) -> int:
           f"{len(defender)} clean images for the defender; verdict threshold {DEMO_THRESHOLD} (majority rule)")
     rows = []
     for kind in ("backdoored", "clean"):
-        model = create_model("resnet18", 10, base_width=8)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights; the global RNG is left as it was
+            torch.manual_seed(seed)
+            model = create_model("resnet18", 10, base_width=8)
         hook, asr = None, None
         if kind == "backdoored":
             attack = get_attack("badnets", target=TARGET, poison_rate=0.2, patch_size=4, seed=seed)
