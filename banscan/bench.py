@@ -387,7 +387,8 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], fpr: float = 0.05, cal
 
 
 # ----------------------------------------------------------------------------------------------- runner
-def _parse_method_params(text: str | Mapping[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _parse_method_params(text: str | Mapping[str, Any] | None, methods: Sequence[str],
+                         flag: str = "--method-params") -> dict[str, dict[str, Any]]:
     if text is None or text == "":
         return {}
     if isinstance(text, Mapping):
@@ -396,22 +397,22 @@ def _parse_method_params(text: str | Mapping[str, Any] | None, methods: Sequence
         src = text
         if not text.lstrip().startswith("{"):
             if not Path(text).is_file():
-                raise BanscanError(f"--method-params {text!r} is neither a JSON object nor a JSON file")
+                raise BanscanError(f"{flag} {text!r} is neither a JSON object nor a JSON file")
             src = Path(text).read_text()
         try:
             params = json.loads(src)
         except json.JSONDecodeError as e:
-            raise BanscanError(f"--method-params is not valid JSON ({e.msg} at position {e.pos}); expected e.g. "
+            raise BanscanError(f"{flag} is not valid JSON ({e.msg} at position {e.pos}); expected e.g. "
                                '\'{"ban": {"n_steps": 5}}\'') from None
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-        raise BanscanError("--method-params must map each method to an object of parameters, "
+        raise BanscanError(f"{flag} must map each method to an object of parameters, "
                            'e.g. {"ban": {"eps": 0.3}}')
     extra = sorted(set(params) - set(methods))
     if extra:
-        raise BanscanError(f"--method-params names {extra}, which are not among the methods {list(methods)}")
+        raise BanscanError(f"{flag} names {extra}, which are not among the methods {list(methods)}")
     for m, p in params.items():
         if "seed" in p:
-            raise BanscanError(f"--method-params sets 'seed' for {m!r}; the seed of every method is --seed")
+            raise BanscanError(f"{flag} sets 'seed' for {m!r}; the seed of every method is --seed")
     return params
 
 
@@ -695,7 +696,8 @@ def _cmd_bench(args: Any) -> int:
         from .mitigation.evaluation import mitigate_zoo
 
         mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
-        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=_parse_method_params(args.mitigate_params, mit),
+        params = _parse_method_params(args.mitigate_params, mit, "--mitigate-params")
+        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=params,
                             ids=cfg.models, seed=args.seed, device=args.device, n_images=args.mitigate_images)
         print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
     if args.report:
