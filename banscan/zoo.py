@@ -244,7 +244,7 @@ def _split(train: ImageData, fraction: float, seed: int) -> tuple[ImageData, Ima
 
 # ---------------------------------------------------------------------------------------------- io
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: shards of one build write side by side
     tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True))
     os.replace(tmp, path)
 
@@ -387,7 +387,8 @@ def _train_one(entry: dict[str, Any], train: ImageData, test: ImageData, info: d
 
 def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLike,
               device: str | torch.device | None = None, retry_failed: bool = False,
-              on_model: Callable[[int, int, dict[str, Any], bool], None] | None = None) -> dict[str, Any]:
+              on_model: Callable[[int, int, dict[str, Any], bool], None] | None = None,
+              shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Build (or resume building) the zoo a spec describes into ``out``; returns the manifest.
 
     Args:
@@ -396,9 +397,17 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
         device: training device (default CPU).
         retry_failed: retrain models whose card says ``failed`` (finished ``ok`` models are never retrained).
         on_model: called as ``on_model(i, n, card, reused)`` after each model, for progress reports.
+        shard: ``(i, n)`` trains only the models whose position in the plan is ``i`` modulo ``n``, so that ``n``
+            processes (on one GPU, or several machines sharing the folder) build one zoo together. Models of
+            other shards already on disk are listed; the manifest is ``complete`` once every model is there
+            (a final run without ``shard`` checks that and trains whatever is still missing).
     """
     spec = load_spec(spec)
     plan = _plan(spec)
+    if shard is not None:
+        k, n_shards = shard
+        if not (isinstance(k, int) and isinstance(n_shards, int) and 0 <= k < n_shards):
+            raise BanscanError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
     dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -420,19 +429,10 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
     n = len(plan)
     t_start = time.perf_counter()
     for i, entry in enumerate(progress(plan, "zoo", total=n), 1):
-        cf = out / f"{entry['id']}.json"
-        card = None
-        if cf.is_file() and (out / f"{entry['id']}.safetensors").is_file():
-            try:
-                card = json.loads(cf.read_text())
-            except json.JSONDecodeError:
-                card = None
-            if card is not None and not _same_recipe(card, entry):
-                raise BanscanError(f"{cf} was built with other settings than the spec now asks for; use a new "
-                                   "--out or delete that model's files")
-            if card is not None and retry_failed and card.get("status") == "failed":
-                card = None
+        card = _finished_card(out, entry, retry_failed)
         reused = card is not None
+        if card is None and shard is not None and (i - 1) % shard[1] != shard[0]:
+            continue  # another shard's model, not built yet
         if card is None:
             log.info("training %s (%d/%d)", entry["id"], i, n)
             card = _train_one(entry, train, test, info, out, dev)
@@ -441,10 +441,30 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
         _write_json(old, manifest)
         if on_model is not None:
             on_model(i, n, card, reused)
-    manifest["complete"] = True
+    if shard is not None:  # pick up the models other shards finished meanwhile
+        cards = [c for c in (_finished_card(out, e, False) for e in plan) if c is not None]
+        manifest["models"] = cards
+    manifest["complete"] = len(cards) == n
     manifest["build_time_s"] = round(time.perf_counter() - t_start, 1)
     _write_json(old, manifest)
     return manifest
+
+
+def _finished_card(out: Path, entry: dict[str, Any], retry_failed: bool) -> dict[str, Any] | None:
+    """The card of a finished model of this recipe, or None (not built, half written, or failed and retried)."""
+    cf = out / f"{entry['id']}.json"
+    if not (cf.is_file() and (out / f"{entry['id']}.safetensors").is_file()):
+        return None
+    try:
+        card = json.loads(cf.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not _same_recipe(card, entry):
+        raise BanscanError(f"{cf} was built with other settings than the spec now asks for; use a new "
+                           "--out or delete that model's files")
+    if retry_failed and card.get("status") == "failed":
+        return None
+    return card
 
 
 def evaluate_zoo(zoo_dir: str | os.PathLike, device: str | torch.device | None = None,
@@ -480,10 +500,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
         extra = "  [already built]" if reused else f"  {card.get('train_time_s', 0):.1f}s"
         print(f"[{i}/{n}] {_fmt_card(card)}{extra}", flush=True)
 
-    m = build_zoo(args.spec, args.out, device=args.device, retry_failed=args.retry_failed, on_model=report)
+    shard = None
+    if args.shard:
+        try:
+            k, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise BanscanError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
+        shard = (k, n)
+    m = build_zoo(args.spec, args.out, device=args.device, retry_failed=args.retry_failed, on_model=report,
+                  shard=shard)
     n_ok = sum(c["status"] == "ok" for c in m["models"])
     print(f"zoo written to {args.out}: {n_ok}/{len(m['models'])} models passed the gate "
-          f"(defender split: {m['defender_split']['size']} held-out images)")
+          f"(defender split: {m['defender_split']['size']} held-out images)"
+          + ("" if m["complete"] else "; not complete yet (other shards still building)"))
     return 0
 
 
@@ -507,6 +536,9 @@ def add_cli(subparsers: Any) -> None:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
     b.add_argument("--retry-failed", action="store_true", help="retrain models the quality gate rejected")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="train only every N-th model starting at I (0-based), to run N builds in parallel "
+                        "into one --out; finish with one run without --shard")
     b.set_defaults(func=_cmd_build)
     e = sub.add_parser("eval", help="recompute BA and ASR of every model in a zoo")
     e.add_argument("dir", help="zoo folder (holding manifest.json)")

@@ -124,6 +124,21 @@ def test_gate_records_failures(tmp_path):
     assert events == [True, False]  # ... unless asked to retry
 
 
+def test_shards_build_one_zoo(tmp_path):
+    spec = small_spec(models=[{"arch": "resnet18", "arch_kwargs": {"base_width": 4}, "seeds": [0, 1, 2]}])
+    out = tmp_path / "s"
+    m0 = build_zoo(spec, out, shard=(0, 2))  # positions 0 and 2
+    assert [c["id"] for c in m0["models"]] == ["clean-resnet18-w4-s0", "clean-resnet18-w4-s2"]
+    assert not m0["complete"]
+    m1 = build_zoo(spec, out, shard=(1, 2))  # position 1, and lists the other shard's models
+    assert m1["complete"] and [c["id"] for c in m1["models"]] == [f"clean-resnet18-w4-s{i}" for i in range(3)]
+    events = []
+    m = build_zoo(spec, out, on_model=lambda i, n, c, r: events.append(r))
+    assert events == [True] * 3 and m["complete"] and m["models"] == m1["models"]
+    with pytest.raises(BanscanError, match="shard"):
+        build_zoo(spec, out, shard=(2, 2))
+
+
 def test_resume_refuses_changed_recipe(tmp_path):
     build_zoo(small_spec(), tmp_path / "r")
     with pytest.raises(BanscanError, match="other settings"):

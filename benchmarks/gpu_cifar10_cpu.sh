@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Build the cifar10-cpu zoo (and its attack-variant zoo) on one GPU with parallel shards, then repair and scan it.
+# The CPU path is benchmarks/bench_cifar10_cpu.sh; this is the same work in minutes on a GPU.
+#   bash benchmarks/gpu_cifar10_cpu.sh build  ROOT [SHARDS]       -> ROOT/zoo, ROOT/zoo-variants, ROOT/*.log
+#   bash benchmarks/gpu_cifar10_cpu.sh repair ROOT [SECONDS]      -> ROOT/res/{mit-*,bench-ban}/*.jsonl
+# CIFAR-10 is read from $BANSCAN_DATA_DIR/cifar10/{train,test}.npz.
+set -u
+cmd=$1 root=$2
+py=${PYTHON:-python3} dev=${DEVICE:-cuda}
+spec=${SPEC:-cifar10-cpu} variants=${VARIANTS:-benchmarks/specs/cifar10-attack-variants.toml}
+mkdir -p "$root"
+if [ "$cmd" = build ]; then
+  n=${3:-8}
+  t0=$(date +%s)
+  for i in $(seq 0 $((n - 1))); do
+    $py -m banscan zoo build "$spec" --out "$root/zoo" --device "$dev" --shard "$i/$n" >"$root/shard$i.log" 2>&1 &
+  done
+  for i in 0 1 2; do
+    $py -m banscan zoo build "$variants" --out "$root/zoo-variants" \
+      --device "$dev" --shard "$i/3" >"$root/variants$i.log" 2>&1 &
+  done
+  wait
+  $py -m banscan zoo build "$spec" --out "$root/zoo" --device "$dev"
+  $py -m banscan zoo build "$variants" --out "$root/zoo-variants" --device "$dev"
+  echo "build wall time: $(( $(date +%s) - t0 )) s"
+elif [ "$cmd" = repair ]; then
+  secs=${3:-300}
+  ids=$($py -c "import json,sys; print(' '.join(c['id'] for c in json.load(open(sys.argv[1]))['models'] if c.get('attack') and c['status']=='ok'))" "$root/zoo/manifest.json")
+  read -r -a all <<<"$ids"
+  half=$(( (${#all[@]} + 1) / 2 ))
+  a=$(IFS=,; echo "${all[*]:0:$half}") b=$(IFS=,; echo "${all[*]:$half}")
+  for m in ban ft anp btidbf_u; do
+    for part in a b; do
+      sel=${!part}
+      [ -n "$sel" ] || continue
+      timeout "$secs" $py -c "import sys; from banscan.mitigation.evaluation import mitigate_zoo
+mitigate_zoo(sys.argv[1], [sys.argv[2]], out=sys.argv[3], ids=sys.argv[4].split(','), device=sys.argv[5], n_images=2500)" \
+        "$root/zoo" "$m" "$root/res/mit-$m-$part" "$sel" "$dev" >"$root/res-mit-$m-$part.log" 2>&1 &
+    done
+  done
+  timeout "$secs" $py -m banscan bench --zoo "$root/zoo" --methods ban --out "$root/res/bench-ban" --device "$dev" \
+    --no-report >"$root/res-bench-ban.log" 2>&1 &
+  wait
+  echo "repair/scan done"
+else
+  echo "usage: $0 build|repair ROOT" >&2; exit 2
+fi
