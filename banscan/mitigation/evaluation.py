@@ -2,7 +2,8 @@
 
 ``mitigate_zoo`` repairs every backdoored model of a zoo and appends one JSON line per (model, method) to
 ``RESULTS/mitigation.jsonl`` with exactly the fields ``model, method, attack, BA_before, BA_after, ASR_before,
-ASR_after, RA_after, time_s`` (rates are fractions in ``[0, 1]``); ``banscan bench --mitigate`` merges that file
+ASR_after, RA_after, time_s, n_images, device, params`` (rates are fractions in ``[0, 1]``; ``params`` are the
+mitigation's hyperparameters); ``banscan bench --mitigate`` merges that file
 into the benchmark report.
 """
 
@@ -20,14 +21,14 @@ import torch
 from torch import nn
 
 from ..models import SplitModel
-from .._utils import BanscanError, resolve_device
+from .._utils import BanscanError, json_safe, resolve_device
 from ..data import ImageData
 from . import get_mitigation
 
 log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("model", "method", "attack", "BA_before", "BA_after", "ASR_before", "ASR_after", "RA_after",
-                 "time_s", "n_images")
+                 "time_s", "n_images", "device", "params")
 
 
 @torch.no_grad()
@@ -190,7 +191,8 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
             ev = evaluate_mitigation(model, res.model, test, attack, device=dev)
             rec = {"model": card["id"], "method": method, "attack": card["attack"], "BA_before": ev["BA_before"],
                    "BA_after": ev["BA_after"], "ASR_before": ev["ASR_before"], "ASR_after": ev["ASR_after"],
-                   "RA_after": ev["RA_after"], "time_s": round(elapsed, 3), "n_images": len(defend)}
+                   "RA_after": ev["RA_after"], "time_s": round(elapsed, 3), "n_images": len(defend),
+                   "device": str(dev), "params": json_safe(mit.get_params())}
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec, sort_keys=False) + "\n")
                 fh.flush()
