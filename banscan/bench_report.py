@@ -383,11 +383,15 @@ def mitigation_section(results: str | os.PathLike, doc: Doc) -> bool:
     def pc(v: float | None) -> str:
         return "–" if v is None else f"{scale * v:.1f}%"
 
-    rows = [[m, meth, *(pc(r[k]) for k in rate_keys), _num(r["time_s"], 1)] for (m, meth), r in sorted(last.items())]
-    doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "time s"], rows)
+    rows = [[m, meth, *(pc(r[k]) for k in rate_keys), _num(r["time_s"], 1), str(r.get("device", "–"))]
+            for (m, meth), r in sorted(last.items())]
+    doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "time s", "device"],
+              rows)
     by_method: dict[str, list[dict]] = {}
+    by_attack: dict[str, dict[str, list[dict]]] = {}
     for (_, meth), r in last.items():
         by_method.setdefault(meth, []).append(r)
+        by_attack.setdefault(str(r.get("attack") or "?"), {}).setdefault(meth, []).append(r)
 
     def avg(rs: list[dict], k: str) -> float | None:
         vals = [r[k] for r in rs if r[k] is not None]
@@ -400,6 +404,11 @@ def mitigation_section(results: str | os.PathLike, doc: Doc) -> bool:
     doc.table(["method", "models", "mean BA drop (points)", "mean ASR after", "mean RA after", "mean time s"],
               [[m, len(rs), pc(drop(rs)), pc(avg(rs, "ASR_after")), pc(avg(rs, "RA_after")), _num(avg(rs, "time_s"), 1)]
                for m, rs in sorted(by_method.items())])
+    methods = sorted(by_method)
+    doc.p("Per attack: mean ASR after repair / mean BA drop in points (models repaired).")
+    doc.table(["attack", *methods],
+              [[a, *(f"{pc(avg(per[m], 'ASR_after'))} / {pc(drop(per[m]))} ({len(per[m])})" if m in per else "–"
+                     for m in methods)] for a, per in sorted(by_attack.items())])
     return True
 
 
