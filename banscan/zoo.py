@@ -425,7 +425,9 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
             raise BanscanError(f"{out} holds a zoo built on other data or another defender split; use a new --out")
     manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "spec": spec, "dataset": info,
                                 "defender_split": split_info, "models": [], "complete": False}
-    cards: list[dict[str, Any]] = []
+    def finished() -> list[dict[str, Any]]:  # every model on disk, also those other shards finished meanwhile
+        return [c for c in (_finished_card(out, e, False) for e in plan) if c is not None]
+
     n = len(plan)
     t_start = time.perf_counter()
     for i, entry in enumerate(progress(plan, "zoo", total=n), 1):
@@ -436,15 +438,11 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
         if card is None:
             log.info("training %s (%d/%d)", entry["id"], i, n)
             card = _train_one(entry, train, test, info, out, dev)
-        cards.append(card)
-        manifest["models"] = cards
-        _write_json(old, manifest)
+        _write_json(old, {**manifest, "models": finished()})
         if on_model is not None:
             on_model(i, n, card, reused)
-    if shard is not None:  # pick up the models other shards finished meanwhile
-        cards = [c for c in (_finished_card(out, e, False) for e in plan) if c is not None]
-        manifest["models"] = cards
-    manifest["complete"] = len(cards) == n
+    manifest["models"] = finished()
+    manifest["complete"] = len(manifest["models"]) == n
     manifest["build_time_s"] = round(time.perf_counter() - t_start, 1)
     _write_json(old, manifest)
     return manifest

@@ -3,6 +3,9 @@
 # The CPU path is benchmarks/bench_cifar10_cpu.sh; this is the same work in minutes on a GPU.
 #   bash benchmarks/gpu_cifar10_cpu.sh build  ROOT [SHARDS]       -> ROOT/zoo, ROOT/zoo-variants, ROOT/*.log
 #   bash benchmarks/gpu_cifar10_cpu.sh repair ROOT [SECONDS]      -> ROOT/res/{mit-*,bench-ban}/*.jsonl
+#   bash benchmarks/gpu_cifar10_cpu.sh scan   ROOT [SECONDS]      -> ROOT/res/bench-{btidbf,nc,featurere}-{a,b}
+# Each phase runs its jobs as parallel processes on the one GPU (small models leave it mostly idle otherwise),
+# each writing its own results folder; concatenate their results.jsonl / mitigation.jsonl afterwards.
 # CIFAR-10 is read from $BANSCAN_DATA_DIR/cifar10/{train,test}.npz.
 set -u
 cmd=$1 root=$2
@@ -42,6 +45,20 @@ mitigate_zoo(sys.argv[1], [sys.argv[2]], out=sys.argv[3], ids=sys.argv[4].split(
     --no-report >"$root/res-bench-ban.log" 2>&1 &
   wait
   echo "repair/scan done"
+elif [ "$cmd" = scan ]; then
+  secs=${3:-500}
+  ids=$($py -c "import json,sys; print(' '.join(c['id'] for c in json.load(open(sys.argv[1]))['models'] if c['status']=='ok'))" "$root/zoo/manifest.json")
+  read -r -a all <<<"$ids"
+  half=$(( (${#all[@]} + 1) / 2 ))
+  a=$(IFS=,; echo "${all[*]:0:$half}") b=$(IFS=,; echo "${all[*]:$half}")
+  for m in btidbf nc featurere; do
+    for part in a b; do
+      timeout "$secs" $py -m banscan bench --zoo "$root/zoo" --methods "$m" --models "${!part}" --device "$dev" \
+        --out "$root/res/bench-$m-$part" --no-report >"$root/res-bench-$m-$part.log" 2>&1 &
+    done
+  done
+  wait
+  echo "scan done"
 else
-  echo "usage: $0 build|repair ROOT" >&2; exit 2
+  echo "usage: $0 build|repair|scan ROOT" >&2; exit 2
 fi
