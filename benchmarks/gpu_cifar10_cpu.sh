@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_cifar10_cpu.sh scan   ROOT [SECONDS]      -> ROOT/res/bench-{btidbf,nc,featurere}-{a,b}
 # Each phase runs its jobs as parallel processes on the one GPU (small models leave it mostly idle otherwise),
 # each writing its own results folder; concatenate their results.jsonl / mitigation.jsonl afterwards.
-# CIFAR-10 is read from $BANSCAN_DATA_DIR/cifar10/{train,test}.npz.
+# CIFAR-10 is read from $BANSCAN_DATA_DIR/cifar10/{train,test}.npz (benchmarks/cifar10_pack.py moves it there).
 set -u
 cmd=$1 root=$2
 py=${PYTHON:-python3} dev=${DEVICE:-cuda}
