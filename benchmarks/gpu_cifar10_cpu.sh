@@ -12,6 +12,16 @@ cmd=$1 root=$2
 py=${PYTHON:-python3} dev=${DEVICE:-cuda}
 spec=${SPEC:-cifar10-cpu} variants=${VARIANTS:-benchmarks/specs/cifar10-attack-variants.toml}
 mkdir -p "$root"
+
+# split_ids backdoored|all: the zoo's gated model ids (backdoored ones only, or all) as two comma lists $a and $b
+split_ids() {
+  local ids all half
+  ids=$($py -c "import json,sys; print(' '.join(c['id'] for c in json.load(open(sys.argv[1]))['models']
+    if c['status'] == 'ok' and (sys.argv[2] == 'all' or c.get('attack'))))" "$root/zoo/manifest.json" "$1")
+  read -r -a all <<<"$ids"
+  half=$(( (${#all[@]} + 1) / 2 ))
+  a=$(IFS=,; echo "${all[*]:0:$half}") b=$(IFS=,; echo "${all[*]:$half}")
+}
 if [ "$cmd" = build ]; then
   n=${3:-8}
   t0=$(date +%s)
@@ -28,10 +38,7 @@ if [ "$cmd" = build ]; then
   echo "build wall time: $(( $(date +%s) - t0 )) s"
 elif [ "$cmd" = repair ]; then
   secs=${3:-300}
-  ids=$($py -c "import json,sys; print(' '.join(c['id'] for c in json.load(open(sys.argv[1]))['models'] if c.get('attack') and c['status']=='ok'))" "$root/zoo/manifest.json")
-  read -r -a all <<<"$ids"
-  half=$(( (${#all[@]} + 1) / 2 ))
-  a=$(IFS=,; echo "${all[*]:0:$half}") b=$(IFS=,; echo "${all[*]:$half}")
+  split_ids backdoored
   for m in ban ft anp btidbf_u; do
     for part in a b; do
       sel=${!part}
@@ -47,10 +54,7 @@ mitigate_zoo(sys.argv[1], [sys.argv[2]], out=sys.argv[3], ids=sys.argv[4].split(
   echo "repair/scan done"
 elif [ "$cmd" = scan ]; then
   secs=${3:-500}
-  ids=$($py -c "import json,sys; print(' '.join(c['id'] for c in json.load(open(sys.argv[1]))['models'] if c['status']=='ok'))" "$root/zoo/manifest.json")
-  read -r -a all <<<"$ids"
-  half=$(( (${#all[@]} + 1) / 2 ))
-  a=$(IFS=,; echo "${all[*]:0:$half}") b=$(IFS=,; echo "${all[*]:$half}")
+  split_ids all
   for m in btidbf nc featurere; do
     for part in a b; do
       timeout "$secs" $py -m banscan bench --zoo "$root/zoo" --methods "$m" --models "${!part}" --device "$dev" \
