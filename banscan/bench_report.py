@@ -383,10 +383,17 @@ def mitigation_section(results: str | os.PathLike, doc: Doc) -> bool:
     def pc(v: float | None) -> str:
         return "–" if v is None else f"{scale * v:.1f}%"
 
-    rows = [[m, meth, *(pc(r[k]) for k in rate_keys), _num(r["time_s"], 1), str(r.get("device", "–"))]
+    def any_cls(r: dict) -> str:
+        # Optional (records since 2026-11-26): success towards the class that now collects the triggered images.
+        v = r.get("ASR_any_after")
+        return "–" if v is None else f"{pc(v)} (class {r.get('ASR_any_class_after')})"
+
+    rows = [[m, meth, *(pc(r[k]) for k in rate_keys), any_cls(r), _num(r["time_s"], 1), str(r.get("device", "–"))]
             for (m, meth), r in sorted(last.items())]
-    doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "time s", "device"],
-              rows)
+    doc.p("ASR any: triggered images sent to the one class that collects most of them (of those not of that "
+          "class). A repair that only moves the backdoor to a new label shows a low ASR and a high ASR any.")
+    doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "ASR any after",
+               "time s", "device"], rows)
     by_method: dict[str, list[dict]] = {}
     by_attack: dict[str, dict[str, list[dict]]] = {}
     for (_, meth), r in last.items():

@@ -275,6 +275,21 @@ def test_ban_noise_statistic_reports_the_noise_only_share(model, data) -> None:
     assert r.score == r.stats["share_noise"] and r.target == r.stats["target_noise"]
 
 
+def test_ban_restarts_pool_disjoint_slices(model, data) -> None:
+    r = BAN(statistic="noise", restarts=3, **FAST).detect(model, data)
+    assert len(r.stats["restart_targets"]) == 3 and r.stats["n_eval"] == FAST["n_eval"]
+    assert sum(r.stats["hist_noise"]) == FAST["n_eval"] and r.score == max(r.stats["hist_noise"]) / FAST["n_eval"]
+    assert r.stats["restart_agreement"] == r.stats["restart_targets"].count(r.target) / 3
+    assert BAN(statistic="noise", restarts=3, **FAST).detect(model, data).score == r.score
+    with pytest.raises(BanscanError, match="restarts"):
+        BAN(restarts=0, **FAST).detect(model, data)
+
+
+def test_ban_restarts_agree_on_the_tiny_backdoor(tiny_zoo) -> None:
+    r = BAN(statistic="noise", restarts=3, seed=0, n_opt=200, n_eval=300).detect(tiny_zoo.backdoored, tiny_zoo.data)
+    assert r.target == tiny_zoo.target and r.stats["restart_agreement"] >= 2 / 3, r.stats["restart_targets"]
+
+
 def test_ban_works_on_groupnorm_user_model(data) -> None:
     r = BAN(**FAST).detect(PlainNet(4), data)
     assert r.stats["n_noise_params"] == 16

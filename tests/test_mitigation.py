@@ -81,6 +81,25 @@ def test_ban_removes_the_backdoor_and_keeps_accuracy(tiny_zoo, test_set, ban_run
     assert res.config["eps"] == 0.3 and res.stats["epochs_run"] == FAST["ban"]["epochs"]
 
 
+class _Relabel(torch.nn.Module):
+    """The same network with its output classes rolled by one: the backdoor now points at target + 1."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).roll(1, dims=1)
+
+
+def test_asr_any_catches_a_backdoor_moved_to_another_label(tiny_zoo, test_set):
+    bd = tiny_zoo.backdoored
+    ev = evaluate_mitigation(bd, _Relabel(bd), test_set, PatchAttack(tiny_zoo.target))
+    assert ev["ASR_any_class_before"] == tiny_zoo.target and ev["ASR_any_before"] >= ev["ASR_before"] > 0.9
+    assert ev["ASR_after"] < 0.1, ev  # the ASR on the original target says "removed" ...
+    assert ev["ASR_any_class_after"] == (tiny_zoo.target + 1) % TINY_CLASSES and ev["ASR_any_after"] > 0.9, ev
+
+
 def test_plain_fine_tuning_is_weaker_than_ban(tiny_zoo, test_set, ban_run):
     """Same budget without the noise: the backdoor survives (BAN's point; ft is the baseline)."""
     bd = tiny_zoo.backdoored

@@ -70,6 +70,11 @@ class BAN(Detector):
             no mask: the share of the class the noise alone pushes clean images to). Both are always in ``stats``.
         amp: bfloat16 autocast for the network passes; ``None`` turns it on for CUDA and for CPUs with
             native bfloat16 (AVX512-BF16/AMX), where it roughly halves the time.
+        restarts: independent noise fits, each from its own random start and judged on its own disjoint slice of
+            the evaluation images; their prediction histograms are pooled. A backdoor pulls every restart to the
+            same target, while a clean model's noise drifts to different classes, so pooling lowers clean
+            models' scores more than backdoored ones' (``stats["restart_targets"]`` lists each restart's class).
+            The noise phase costs ``restarts`` times as much; the decision pass costs the same.
 
     Example:
         >>> from banscan import BAN, create_model, ImageData
@@ -92,7 +97,7 @@ class BAN(Detector):
                  mask_lambda: float = 0.75, mask_lr: float = 0.01, mask_steps: int = 400, l1: str = "official",
                  seed: int = 0, threshold: float | None = None, n_opt: int = 500, n_eval: int = 5000,
                  batch_size: int = 128, split_layer: str | None = None, statistic: str = "negmask",
-                 amp: bool | None = None) -> None:
+                 amp: bool | None = None, restarts: int = 1) -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.project = project
@@ -109,6 +114,7 @@ class BAN(Detector):
         self.split_layer = split_layer
         self.statistic = statistic
         self.amp = amp
+        self.restarts = restarts
 
     def _validate(self) -> None:
         if self.bn_mode not in _BN_MODES:
@@ -117,8 +123,9 @@ class BAN(Detector):
             raise BanscanError(f"statistic must be 'negmask' or 'noise', got {self.statistic!r}")
         if self.l1 not in ("official", "mean"):
             raise BanscanError(f"l1 must be 'official' or 'mean', got {self.l1!r}")
-        if not self.eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1:
-            raise BanscanError(f"need eps > 0, n_steps >= 1, mask_steps >= 0, batch_size >= 1; got {self!r}")
+        if not self.eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1 or self.restarts < 1:
+            raise BanscanError(
+                f"need eps > 0, n_steps >= 1, mask_steps >= 0, batch_size >= 1, restarts >= 1; got {self!r}")
 
     def _use_amp(self, device: torch.device) -> bool:
         if self.amp is not None:
@@ -207,7 +214,6 @@ class BAN(Detector):
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
         self._validate()
-        noise = NeuronNoise(net.model, self.eps)
         with torch.no_grad():
             k = net(next(evl.batches(1, device))[0]).shape[1]
 
@@ -221,22 +227,31 @@ class BAN(Detector):
             mask = self.fit_mask(net, z_opt, y_opt, gen)
             with torch.no_grad():
                 pred_neg_clean = net.head((1 - mask) * z_opt).argmax(1)
-        with timer.phase("noise"):
-            losses = self.fit_noise(net, noise, opt, gen, device)
-        with timer.phase("decision"):
-            noise.set_enabled(True)
-            preds_noise, preds_neg = [], []
-            with torch.inference_mode(), self._autocast(device):
-                for x, _ in progress(evl.batches(self.batch_size * 2, device), "decision"):
-                    z = net.features(x).float()
-                    preds_noise.append(net.head(z).argmax(1))
-                    preds_neg.append(net.head((1 - mask) * z).argmax(1))
-            noise.set_enabled(False)
-        noise.remove()
+        # Restart r fits the noise from its own random start and judges it on the r-th disjoint slice of the
+        # evaluation set; the histograms are pooled, so the decision cost does not grow with `restarts`.
+        chunks = torch.arange(len(evl)).chunk(self.restarts)
+        preds_noise, preds_neg, ys, restart_targets, losses = [], [], [], [], []
+        for idx in chunks:
+            noise = NeuronNoise(net.model, self.eps)
+            with timer.phase("noise"):
+                losses += self.fit_noise(net, noise, opt, gen, device)
+            with timer.phase("decision"):
+                part = evl.subset(idx)
+                noise.set_enabled(True)
+                pn = []
+                with torch.inference_mode(), self._autocast(device):
+                    for x, _ in progress(part.batches(self.batch_size * 2, device), "decision"):
+                        z = net.features(x).float()
+                        pn.append(net.head(z).argmax(1))
+                        preds_neg.append(net.head((1 - mask) * z).argmax(1))
+                noise.remove()
+                preds_noise += pn
+                ys.append(part.y)
+                restart_targets.append(int(_hist(torch.cat(pn), k).argmax()))
 
         pred_noise, pred_neg = torch.cat(preds_noise), torch.cat(preds_neg)
         h_clean, h_noise, h_neg = _hist(pred_clean, k), _hist(pred_noise, k), _hist(pred_neg, k)
-        y_ev = evl.y.to(pred_noise.device)
+        y_ev = torch.cat(ys).to(pred_noise.device)
         n = len(y_ev)
         target = int(h_neg.argmax())
         h_neg_clean = _hist(pred_neg_clean, k)
@@ -257,6 +272,8 @@ class BAN(Detector):
             "share_negmask_clean_on_target": float(h_neg_clean[target]) / len(y_opt),
             "noise_gain_on_target": float(h_neg[target]) / n - float(h_neg_clean[target]) / len(y_opt),
             "noise_loss_first": losses[0], "noise_loss_last": losses[-1],
+            "restart_targets": restart_targets,
+            "restart_agreement": restart_targets.count(int(h_noise.argmax())) / len(restart_targets),
             "n_noise_params": noise.n_params, "n_eval": n, "amp": self._use_amp(device),
         }
         if self.statistic == "noise":

@@ -2,7 +2,7 @@
 
 ``mitigate_zoo`` repairs every backdoored model of a zoo and appends one JSON line per (model, method) to
 ``RESULTS/mitigation.jsonl`` with exactly the fields ``model, method, attack, BA_before, BA_after, ASR_before,
-ASR_after, RA_after, time_s, n_images, device, params`` (rates are fractions in ``[0, 1]``; ``params`` are the
+ASR_after, RA_after, ASR_any_after, ASR_any_class_after, time_s, n_images, device, params`` (rates are fractions in ``[0, 1]``; ``params`` are the
 mitigation's hyperparameters); ``banscan bench --mitigate`` merges that file
 into the benchmark report.
 """
@@ -28,7 +28,7 @@ from . import get_mitigation
 log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("model", "method", "attack", "BA_before", "BA_after", "ASR_before", "ASR_after", "RA_after",
-                 "time_s", "n_images", "device", "params")
+                 "ASR_any_after", "ASR_any_class_after", "time_s", "n_images", "device", "params")
 
 
 @torch.no_grad()
@@ -38,6 +38,7 @@ def _rates(model: nn.Module, data: ImageData, attack: Any, device: torch.device,
     was_training = model.training
     net.eval()
     hit = n = asr_hit = ra_hit = n_trig = 0
+    to_class = not_class = None  # per class c: triggered images predicted c / triggered images not of class c
     try:
         for x, y in data.batches(batch_size, device):
             hit += int((net(x).argmax(1) == y).sum())
@@ -49,17 +50,24 @@ def _rates(model: nn.Module, data: ImageData, attack: Any, device: torch.device,
             if not keep.any():
                 continue
             xs, ys, yts = x[keep], y[keep], yt[keep]
-            pred = net(attack.apply(xs, ys)).argmax(1)
+            logits = net(attack.apply(xs, ys))
+            pred, k = logits.argmax(1), logits.shape[1]
             asr_hit += int((pred == yts).sum())
             ra_hit += int((pred == ys).sum())
             n_trig += len(ys)
+            wrong = torch.bincount(pred[pred != ys], minlength=k).cpu()
+            others = len(ys) - torch.bincount(ys, minlength=k).cpu()
+            to_class = wrong if to_class is None else to_class + wrong
+            not_class = others if not_class is None else not_class + others
     finally:
         model.train(was_training)
     out: dict[str, float | int] = {"BA": hit / n, "n_test": n}
     if attack is not None:
         if n_trig == 0:
             raise BanscanError("no test image has a label the attack changes (all are of the target class)")
-        out.update(ASR=asr_hit / n_trig, RA=ra_hit / n_trig, n_triggered=n_trig)
+        share = to_class.double() / not_class.clamp(min=1).double()
+        out.update(ASR=asr_hit / n_trig, RA=ra_hit / n_trig, ASR_any=float(share.max()),
+                   ASR_any_class=int(share.argmax()), n_triggered=n_trig)
     return out
 
 
@@ -75,7 +83,11 @@ def evaluate_mitigation(model_before: nn.Module, model_after: nn.Module, test_da
 
     ASR is measured on the test images whose label the trigger changes (for an all-to-one attack, the
     non-target images): the share predicted as ``target_labels(y)``. Robust accuracy (RA) is the share of the
-    same triggered images predicted as their true class.
+    same triggered images predicted as their true class. ``ASR_any`` is the attack success towards the class
+    that collects most triggered images (per class ``c``: triggered images of other classes predicted ``c``, over
+    triggered images of other classes), ``ASR_any_class`` that class: a repair that only moves the backdoor to
+    another label (seen: plain fine-tuning of an IAD model sent every triggered image to class 7, ASR 0.000)
+    keeps ``ASR_any`` high.
     """
     if not isinstance(test_data, ImageData):
         raise BanscanError(f"test_data must be banscan.ImageData, got {type(test_data).__name__}")
@@ -94,6 +106,8 @@ def evaluate_mitigation(model_before: nn.Module, model_after: nn.Module, test_da
         if attack is not None:
             out[f"ASR_{tag}"] = r["ASR"]
             out[f"RA_{tag}"] = r["RA"]
+            out[f"ASR_any_{tag}"] = r["ASR_any"]
+            out[f"ASR_any_class_{tag}"] = r["ASR_any_class"]
             out["n_triggered"] = r["n_triggered"]
         out["n_test"] = r["n_test"]
     return out
@@ -191,7 +205,8 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
             ev = evaluate_mitigation(model, res.model, test, attack, device=dev)
             rec = {"model": card["id"], "method": method, "attack": card["attack"], "BA_before": ev["BA_before"],
                    "BA_after": ev["BA_after"], "ASR_before": ev["ASR_before"], "ASR_after": ev["ASR_after"],
-                   "RA_after": ev["RA_after"], "time_s": round(elapsed, 3), "n_images": len(defend),
+                   "RA_after": ev["RA_after"], "ASR_any_after": ev["ASR_any_after"],
+                   "ASR_any_class_after": ev["ASR_any_class_after"], "time_s": round(elapsed, 3), "n_images": len(defend),
                    "device": str(dev), "params": json_safe(mit.get_params())}
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec, sort_keys=False) + "\n")
