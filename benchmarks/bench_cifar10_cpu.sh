@@ -26,5 +26,8 @@ banscan bench --zoo "$ZOO" --methods "$METHODS" --out "$OUT" --seed 0 --device c
     --mitigate "$MITIGATE" --mitigate-images 2500
 banscan bench --zoo "$ZOO" --methods ban --out "$OUT-noise-statistic" --seed 0 --device cpu \
     --method-params '{"ban": {"statistic": "noise"}}' --no-report
-banscan bench report --results "$OUT" --fpr 0.05 --calibration loo --bootstrap 2000
-banscan bench report --results "$OUT-noise-statistic" --fpr 0.05 --calibration loo --bootstrap 2000
+banscan bench --zoo "$ZOO" --methods ban --out "$OUT-noise-r5" --seed 0 --device cpu \
+    --method-params '{"ban": {"statistic": "noise", "restarts": 5}}' --no-report
+for r in "$OUT" "$OUT-noise-statistic" "$OUT-noise-r5"; do
+  banscan bench report --results "$r" --fpr 0.05 --calibration loo --bootstrap 2000
+done

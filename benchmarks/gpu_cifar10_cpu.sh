@@ -2,7 +2,7 @@
 # Build the cifar10-cpu zoo (and its attack-variant zoo) on one GPU with parallel shards, then repair and scan it.
 # The CPU path is benchmarks/bench_cifar10_cpu.sh; this is the same work in minutes on a GPU.
 #   bash benchmarks/gpu_cifar10_cpu.sh build  ROOT [SHARDS]       -> ROOT/zoo, ROOT/zoo-variants, ROOT/*.log
-#   bash benchmarks/gpu_cifar10_cpu.sh repair ROOT [SECONDS]      -> ROOT/res/{mit-*,bench-ban}/*.jsonl
+#   bash benchmarks/gpu_cifar10_cpu.sh repair ROOT [SECONDS]      -> ROOT/res/{mit-*,bench-ban,bench-ban-noise-r5}/*.jsonl
 #   bash benchmarks/gpu_cifar10_cpu.sh scan   ROOT [SECONDS]      -> ROOT/res/bench-{btidbf,nc,featurere}-{a,b}
 # Each phase runs its jobs as parallel processes on the one GPU (small models leave it mostly idle otherwise),
 # each writing its own results folder; concatenate their results.jsonl / mitigation.jsonl afterwards.
@@ -50,6 +50,9 @@ mitigate_zoo(sys.argv[1], [sys.argv[2]], out=sys.argv[3], ids=sys.argv[4].split(
   done
   timeout "$secs" $py -m banscan bench --zoo "$root/zoo" --methods ban --out "$root/res/bench-ban" --device "$dev" \
     --no-report >"$root/res-bench-ban.log" 2>&1 &
+  timeout "$secs" $py -m banscan bench --zoo "$root/zoo" --methods ban --out "$root/res/bench-ban-noise-r5" \
+    --device "$dev" --method-params '{"ban": {"statistic": "noise", "restarts": 5}}' \
+    --no-report >"$root/res-bench-ban-r5.log" 2>&1 &
   wait
   echo "repair/scan done"
 elif [ "$cmd" = scan ]; then
