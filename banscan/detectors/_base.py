@@ -24,7 +24,12 @@ from .._utils import BanscanError, HyperParams, PhaseTimer, json_safe, resolve_d
 from ..data import ImageData
 from ..models import SplitModel
 
-__all__ = ["Detector", "DetectionResult", "Evidence", "calibrate_threshold"]
+__all__ = ["Detector", "DetectionResult", "Evidence", "calibrate_threshold", "class_hist"]
+
+
+def class_hist(pred: torch.Tensor, k: int) -> torch.Tensor:
+    """Predictions per class (length ``k``), on the CPU."""
+    return torch.bincount(pred.cpu(), minlength=k)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from ..data import ImageData
 from ..models import SplitModel
 from ..train import augment
 
-__all__ = ["UNet", "seeded_unet", "train_batches", "class_hist", "num_classes", "Normalizer"]
+__all__ = ["UNet", "seeded_unet", "train_batches", "Normalizer"]
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -92,13 +92,6 @@ def train_batches(data: ImageData, batch_size: int, device: torch.device, gen: t
 
 
 @torch.no_grad()
-def num_classes(net: SplitModel, data: ImageData, device: torch.device) -> int:
-    x, _ = next(data.batches(1, device))
-    return int(net(x).shape[1])
-
-
-def class_hist(pred: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.bincount(pred.cpu(), minlength=k)
 
 
 class Normalizer:

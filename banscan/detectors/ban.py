@@ -37,14 +37,10 @@ from ..models import SplitModel
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
 from ..train import cpu_has_bf16
 from . import register_detector
-from ._base import Detector, Evidence
+from ._base import Detector, Evidence, class_hist
 
 log = logging.getLogger(__name__)
 _BN_MODES = ("recalibrate", "official", "frozen")
-
-
-def _hist(pred: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.bincount(pred.cpu(), minlength=k)
 
 
 @register_detector("ban")
@@ -214,8 +210,7 @@ class BAN(Detector):
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
         self._validate()
-        with torch.no_grad():
-            k = net(next(evl.batches(1, device))[0]).shape[1]
+        k = net.num_classes
 
         with timer.phase("features"):
             z_opt, y_opt = self._features(net, opt, device)
@@ -247,14 +242,14 @@ class BAN(Detector):
                 noise.remove()
                 preds_noise += pn
                 ys.append(part.y)
-                restart_targets.append(int(_hist(torch.cat(pn), k).argmax()))
+                restart_targets.append(int(class_hist(torch.cat(pn), k).argmax()))
 
         pred_noise, pred_neg = torch.cat(preds_noise), torch.cat(preds_neg)
-        h_clean, h_noise, h_neg = _hist(pred_clean, k), _hist(pred_noise, k), _hist(pred_neg, k)
+        h_clean, h_noise, h_neg = class_hist(pred_clean, k), class_hist(pred_noise, k), class_hist(pred_neg, k)
         y_ev = torch.cat(ys).to(pred_noise.device)
         n = len(y_ev)
         target = int(h_neg.argmax())
-        h_neg_clean = _hist(pred_neg_clean, k)
+        h_neg_clean = class_hist(pred_neg_clean, k)
         stats = {
             "hist_clean": h_clean, "hist_noise": h_noise, "hist_noise_negmask": h_neg,
             "acc_clean": float((pred_clean == y_opt).float().mean()),

@@ -41,8 +41,8 @@ from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
 from . import register_detector
-from ._base import Detector, Evidence
-from ._inversion import Normalizer, UNet, class_hist, num_classes, seeded_unet, train_batches
+from ._base import Detector, Evidence, class_hist
+from ._inversion import Normalizer, UNet, seeded_unet, train_batches
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class BTIDBF(Detector):
                     if examples is None:
                         examples = (x[:8].cpu(), xg[:8].float().cpu())
         pred_clean, pred_gen, y_ev = torch.cat(preds_clean), torch.cat(preds_gen), torch.cat(ys)
-        k = num_classes(net, evl, device)
+        k = net.num_classes
         h_clean, h_gen = class_hist(pred_clean, k), class_hist(pred_gen, k)
         n = len(y_ev)
         target = int(h_gen.argmax())

@@ -42,7 +42,7 @@ from ..data import ImageData
 from ..models import SplitModel
 from . import register_detector
 from ._base import Detector, Evidence
-from ._inversion import Normalizer, num_classes, seeded_unet, train_batches
+from ._inversion import Normalizer, seeded_unet, train_batches
 
 log = logging.getLogger(__name__)
 _EPS = 1e-7
@@ -221,7 +221,7 @@ class FeatureRE(Detector):
 
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
-        k = num_classes(net, evl, device)
+        k = net.num_classes
         targets = self._validate(k)
         with timer.phase("features"):
             zs, ys = [], []

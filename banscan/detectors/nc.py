@@ -31,7 +31,7 @@ from ..data import ImageData
 from ..models import SplitModel
 from . import register_detector
 from ._base import Detector, Evidence
-from ._inversion import num_classes, train_batches
+from ._inversion import train_batches
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class NeuralCleanse(Detector):
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
         self._validate()
-        k = num_classes(net, evl, device)
+        k = net.num_classes
         results = []
         with timer.phase("reverse"):
             for cls in progress(range(k), "nc classes", total=k):

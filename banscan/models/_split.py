@@ -115,6 +115,7 @@ class SplitModel(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
         self.split_layer = split_layer
+        self.num_classes: int | None = None  # set by probe()
         self._split: tuple | None = None
 
     def _parts(self) -> tuple:
@@ -156,4 +157,5 @@ class SplitModel(nn.Module):
             raise BanscanError(f"labels go up to {int(labels.max())} but the model has only {k} outputs")
         if not torch.isfinite(out).all():
             raise BanscanError("the model produces non-finite logits on clean images")
+        self.num_classes = k
         return k
