@@ -91,9 +91,6 @@ def train_batches(data: ImageData, batch_size: int, device: torch.device, gen: t
     return out
 
 
-@torch.no_grad()
-
-
 class Normalizer:
     """Move images between ``[0, 1]`` and the model's normalised input space (where the official codes
     run their generators and measure their input-space distances)."""
