@@ -18,6 +18,8 @@ Deliberate departures from the official code (``docs/ban-method.md`` section 6),
   model's own statistics throughout.
 * The noise is fitted once (``n_steps`` signed-gradient steps, each on the next mini-batch of the optimisation
   set) and projected onto ``[-eps, eps]`` (``project=True``); the official code leaves it unprojected (2 eps).
+  ``restarts=R`` (an addition, default 1) fits it R times from independent random starts and pools the
+  decisions, each restart judged on its own slice of the evaluation images.
 * Mask: ``h(x)`` is computed once without gradients; the mask is clamped after each Adam step (the official
   code clamps before). ``l1="official"`` keeps the official ``lambda * |m|_1 / sg(|m|_1)`` term, ``"mean"``
   uses ``lambda * mean(|m|)``.

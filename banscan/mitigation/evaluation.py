@@ -2,8 +2,8 @@
 
 ``mitigate_zoo`` repairs every backdoored model of a zoo and appends one JSON line per (model, method) to
 ``RESULTS/mitigation.jsonl`` with exactly the fields ``model, method, attack, BA_before, BA_after, ASR_before,
-ASR_after, RA_after, ASR_any_after, ASR_any_class_after, time_s, n_images, device, params`` (rates are fractions in ``[0, 1]``; ``params`` are the
-mitigation's hyperparameters); ``banscan bench --mitigate`` merges that file
+ASR_after, RA_after, ASR_any_after, ASR_any_class_after, time_s, n_images, device, params`` (rates are fractions
+in ``[0, 1]``; ``params`` are the mitigation's hyperparameters); ``banscan bench --mitigate`` merges that file
 into the benchmark report.
 """
 
