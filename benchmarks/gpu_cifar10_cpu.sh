@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_cifar10_cpu.sh build  ROOT [SHARDS]       -> ROOT/zoo, ROOT/zoo-variants, ROOT/*.log
 #   bash benchmarks/gpu_cifar10_cpu.sh repair ROOT [SECONDS]      -> ROOT/res/{mit-*,bench-ban,bench-ban-noise-r5}/*.jsonl
 #   bash benchmarks/gpu_cifar10_cpu.sh scan   ROOT [SECONDS]      -> ROOT/res/bench-{btidbf,nc,featurere}-{a,b}
+#     (SCAN_METHODS="btidbf featurere" leaves out NC, which has run on this zoo on the CPU)
 # Each phase runs its jobs as parallel processes on the one GPU (small models leave it mostly idle otherwise),
 # each writing its own results folder; concatenate their results.jsonl / mitigation.jsonl afterwards.
 # CIFAR-10 is read from $BANSCAN_DATA_DIR/cifar10/{train,test}.npz (benchmarks/cifar10_pack.py moves it there).
@@ -58,7 +59,7 @@ mitigate_zoo(sys.argv[1], [sys.argv[2]], out=sys.argv[3], ids=sys.argv[4].split(
 elif [ "$cmd" = scan ]; then
   secs=${3:-500}
   split_ids all
-  for m in btidbf nc featurere; do
+  for m in ${SCAN_METHODS:-btidbf nc featurere}; do
     for part in a b; do
       timeout "$secs" $py -m banscan bench --zoo "$root/zoo" --methods "$m" --models "${!part}" --device "$dev" \
         --out "$root/res/bench-$m-$part" --no-report >"$root/res-bench-$m-$part.log" 2>&1 &
