@@ -203,11 +203,9 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
             res = mit.repair(model, defend, device=dev)
             elapsed = time.perf_counter() - t0
             ev = evaluate_mitigation(model, res.model, test, attack, device=dev)
-            rec = {"model": card["id"], "method": method, "attack": card["attack"], "BA_before": ev["BA_before"],
-                   "BA_after": ev["BA_after"], "ASR_before": ev["ASR_before"], "ASR_after": ev["ASR_after"],
-                   "RA_after": ev["RA_after"], "ASR_any_after": ev["ASR_any_after"],
-                   "ASR_any_class_after": ev["ASR_any_class_after"], "time_s": round(elapsed, 3), "n_images": len(defend),
-                   "device": str(dev), "params": json_safe(mit.get_params())}
+            run = {"model": card["id"], "method": method, "attack": card["attack"], "time_s": round(elapsed, 3),
+                   "n_images": len(defend), "device": str(dev), "params": json_safe(mit.get_params())}
+            rec = {k: run[k] if k in run else ev[k] for k in RECORD_FIELDS}  # the rates come from `ev`
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec, sort_keys=False) + "\n")
                 fh.flush()
