@@ -358,12 +358,24 @@ def _errors(doc: Doc, results: Path, records: list[dict], unscored: list[dict]) 
         doc.table(["model", "method", "error"], [[r["model"], r["method"], r.get("error", "")] for r in errs])
 
 
-def mitigation_section(results: str | os.PathLike, doc: Doc) -> bool:
+def _noise_on_true_target(records: Sequence[dict]) -> dict[str, float]:
+    """Per backdoored model scanned by BAN: the share of its predictions under noise (no mask) on the true target."""
+    out = {}
+    for r in records:
+        h, t = (r.get("stats") or {}).get("hist_noise"), r.get("true_target")
+        if r.get("method") == "ban" and h and sum(h) and isinstance(t, int) and 0 <= t < len(h):
+            out[str(r["model"])] = h[t] / sum(h)
+    return out
+
+
+def mitigation_section(results: str | os.PathLike, doc: Doc, records: Sequence[dict] = ()) -> bool:
     """Extension point: merge ``RESULTS/mitigation.jsonl`` (if present) into the report as a section.
 
     Each record carries :data:`MITIGATION_FIELDS` (``model``, ``method``, ``BA_before``, ``BA_after``,
     ``ASR_before``, ``ASR_after``, ``RA_after``, ``time_s``; more fields are ignored). The last record per
-    (model, method) wins. Returns whether a section was added.
+    (model, method) wins. When ``records`` holds BAN scans of the same models, each row also shows how strongly
+    BAN's noise activated the backdoor (share of noisy predictions on the true target), with a plot of ASR after
+    repair against it. Returns whether a section was added.
     """
     path = Path(results) / MITIGATION_NAME
     recs = read_jsonl(path)
@@ -388,12 +400,25 @@ def mitigation_section(results: str | os.PathLike, doc: Doc) -> bool:
         v = r.get("ASR_any_after")
         return "–" if v is None else f"{pc(v)} (class {r.get('ASR_any_class_after')})"
 
+    noise = _noise_on_true_target(records)
     rows = [[m, meth, *(pc(r[k]) for k in rate_keys), any_cls(r), _num(r["time_s"], 1), str(r.get("device", "–"))]
-            for (m, meth), r in sorted(last.items())]
+            + ([_pct(noise.get(m))] if noise else []) for (m, meth), r in sorted(last.items())]
     doc.p("ASR any: triggered images sent to the one class that collects most of them (of those not of that "
           "class). A repair that only moves the backdoor to a new label shows a low ASR and a high ASR any.")
+    if noise:
+        doc.p("BAN noise on target: in BAN's scan of the model, the share of predictions under adversarial neuron "
+              "noise (no mask) that went to the true target. BAN fine-tuning unlearns what that noise activates.")
     doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "ASR any after",
-               "time s", "device"], rows)
+               "time s", "device"] + (["BAN noise on target"] if noise else []), rows)
+    points: dict[str, list[tuple[float, float]]] = {}
+    for (m, meth), r in sorted(last.items()):
+        if m in noise and r["ASR_after"] is not None:
+            points.setdefault(meth, []).append((noise[m], r["ASR_after"] * scale / 100.0))
+    if points:
+        from .plots import figure_png, repair_figure
+
+        doc.img("repair_vs_noise", figure_png(repair_figure(points)),
+                "ASR after repair against the share of noisy predictions BAN's scan sent to the true target")
     by_method: dict[str, list[dict]] = {}
     by_attack: dict[str, dict[str, list[dict]]] = {}
     for (_, meth), r in last.items():
@@ -445,7 +470,7 @@ def write_report(results: str | os.PathLike, fpr: float = 0.05, calibration: str
     _thresholds(doc, metrics)
     _time_table(doc, records, methods)
     _ban_examples(doc, records, n_ban_examples)
-    mitigation_section(res, doc)
+    mitigation_section(res, doc, records)
     _per_model(doc, records, metrics)
     _errors(doc, res, records, unscored)
     md, page = res / "report.md", res / "report.html"

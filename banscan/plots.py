@@ -171,3 +171,15 @@ def ban_hist_figure(examples: Sequence[Mapping[str, Any]]) -> Any:
         ax.set_xticks(xs if k <= 12 else xs[::max(1, k // 10)])
         ax.legend(fontsize=6)
     return fig
+
+
+def repair_figure(points: Mapping[str, Sequence[tuple[float, float]]]) -> Any:
+    """ASR after repair (y) against BAN's noise share on the true target (x); one marker series per method."""
+    fig, axes = _figure(1, panel_w=4.8, panel_h=3.6)
+    ax = axes[0]
+    for method, pts in points.items():
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=method, s=22, alpha=0.8)
+    ax.set(xlabel="BAN scan: share of noisy predictions on the true target", ylabel="ASR after repair",
+           ylim=(-0.03, 1.03), title="repair vs backdoor activation by noise")
+    ax.legend(fontsize=7)
+    return fig

@@ -272,7 +272,13 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
         {"model": "m2-badnets", "method": "ban_ft", "BA_before": 0.9, "BA_after": 0.88, "ASR_before": 1.0,
          "ASR_after": 0.05, "RA_after": 0.85, "time_s": 3.2}) + "\n")
     assert _bench_cli(["bench", "report", "--results", str(out), "--bootstrap", "20"]) == 0
-    assert "## Mitigation" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Mitigation" in md and (out / "plots" / "repair_vs_noise.png").stat().st_size > 1000
+    # the row shows how strongly BAN's scan of that model activated its true target under noise
+    scan = next(r for r in load_records(out) if r["model"] == "m2-badnets")
+    h = scan["stats"]["hist_noise"]
+    row = next(line for line in md.splitlines() if line.startswith("| m2-badnets | ban_ft"))
+    assert row.rstrip(" |").endswith(f"{100 * h[scan['true_target']] / sum(h):.1f}%")
     assert len(load_records(out)) == 4
 
 
