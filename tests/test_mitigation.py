@@ -24,6 +24,7 @@ from banscan.synthetic import make_synthetic
 # Few epochs and a higher learning rate than BAN's defaults: seconds on a CPU, same procedure.
 FAST = {
     "ban": {"epochs": 4, "lr": 0.02, "batch_size": 64},
+    "ban_scan": {"epochs": 4, "lr": 0.02, "batch_size": 64},
     "ft": {"epochs": 1, "batch_size": 64},
     "anp": {"n_iters": 8, "batch_size": 64},
     "btidbf_u": {"n_rounds": 1, "n_unlearn_epochs": 1, "n_pretrain_epochs": 1, "n_mask_epochs": 1,
@@ -111,11 +112,34 @@ def test_plain_fine_tuning_is_weaker_than_ban(tiny_zoo, test_set, ban_run):
     assert asr_ban < asr_ft - 0.3
 
 
+def test_noise_aimed_at_the_scans_target_activates_the_backdoor_and_removes_it(tiny_zoo, test_set):
+    """``target=t``: the noise climbs log p_t; aimed at the backdoor's class, it sends more images there than the
+    paper's untargeted noise, and the repair still removes the backdoor."""
+    bd, t = tiny_zoo.backdoored, tiny_zoo.target
+    ban = get_mitigation("ban", **FAST["ban"], target=t)
+    net, dev, _ = ban.prepare(bd, tiny_zoo.data)
+    run = ban._setup(net, tiny_zoo.data, torch.Generator(), dev)
+    noise = run.noise
+    x, y = tiny_zoo.data.x[:256].float().div(255), tiny_zoo.data.y[:256]
+    share = {}
+    for aim in (None, t):
+        ban._loss(net, run._replace(target=aim), x, y, torch.Generator().manual_seed(0), dev)  # fits the noise
+        with torch.no_grad(), noise.enabled(True):
+            share[aim] = float((net.eval()(x).argmax(1) == t).float().mean())
+    assert share[t] > share[None] + 0.1, share
+    # ban_scan: BAN's scan names the class, then the repair aims at it
+    res = get_mitigation("ban_scan", **FAST["ban_scan"]).repair(bd, tiny_zoo.data)
+    assert res.config["target"] == "scan" and res.stats["target"] == res.stats["scan"]["target_noise"] == t
+    assert res.timings["setup"] >= res.stats["scan"]["seconds"] > 0
+    ev = evaluate_mitigation(bd, res.model, test_set, PatchAttack(t))
+    assert ev["ASR_after"] < 0.2 and ev["BA_after"] >= ev["BA_before"] - 0.05, ev
+
+
 @pytest.mark.parametrize("name", list_mitigations())
 def test_every_method_runs_and_keeps_the_contract(name, tiny_zoo):
     bd = tiny_zoo.backdoored
     before = _state(bd)
-    res = get_mitigation(name, seed=1, **{**FAST[name], "epochs": 1} if name == "ban" else FAST[name]).repair(
+    res = get_mitigation(name, seed=1, **{**FAST[name], "epochs": 1} if name.startswith("ban") else FAST[name]).repair(
         bd, tiny_zoo.data)
     assert res.method == name
     assert list(res.model.state_dict()) == list(bd.state_dict())
@@ -181,6 +205,10 @@ def test_bad_input_is_a_banscan_error(tiny_zoo, tmp_path, capsys):
         get_mitigation("ban", eps=-1).repair(bd, data)
     with pytest.raises(BanscanError, match="bn_mode"):
         get_mitigation("ban", bn_mode="weird").repair(bd, data)
+    with pytest.raises(BanscanError, match=f"target {TINY_CLASSES} is not a class"):
+        get_mitigation("ban", target=TINY_CLASSES).repair(bd, data)
+    with pytest.raises(BanscanError, match="target must be an integer"):
+        get_mitigation("ban", target="0").repair(bd, data)
     with pytest.raises(BanscanError, match="prune_by"):
         get_mitigation("anp", prune_by="asr").repair(bd, data)
     with pytest.raises(BanscanError, match="ImageData"):

@@ -49,12 +49,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 from .finetune import FineTune  # noqa: E402
-from .ban_ft import BANFineTune  # noqa: E402
+from .ban_ft import BANFineTune, BANScanFineTune  # noqa: E402
 from .anp import ANP  # noqa: E402
 from .btidbf_u import BTIDBFUnlearn  # noqa: E402
 from ._files import mitigate_file  # noqa: E402
 from .evaluation import evaluate_mitigation, mitigate_zoo  # noqa: E402
 
-__all__ = ["ANP", "BANFineTune", "BTIDBFUnlearn", "FineTune", "Mitigation", "MitigationResult",
+__all__ = ["ANP", "BANFineTune", "BANScanFineTune", "BTIDBFUnlearn", "FineTune", "Mitigation", "MitigationResult",
            "evaluate_mitigation", "get_mitigation", "list_mitigations", "mitigate_file", "mitigate_zoo",
            "register_mitigation"]

@@ -40,7 +40,8 @@ Departures from the official script (``docs/ban-method.md`` section 6, #15), eac
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import torch
 
@@ -55,6 +56,14 @@ from .finetune import FineTune
 _BN_MODES = ("clean", "recalibrate", "official")
 
 
+class _Run(NamedTuple):
+    """One repair's state: the noise, the class it aims at (``None``: untargeted) and the scan that named it."""
+
+    noise: NeuronNoise
+    target: int | None
+    scan: dict[str, Any] | None
+
+
 @register_mitigation("ban")
 class BANFineTune(FineTune):
     """Fine-tuning with adversarial neuron noise (BAN's mitigation).
@@ -64,6 +73,12 @@ class BANFineTune(FineTune):
         n_steps: signed-gradient ascent steps per batch (step size ``eps / n_steps``).
         lambda_rob: weight of the loss under noise.
         project: clamp the noise to ``[-eps, eps]`` after each step (off, as in the official code).
+        target: ``None`` (the paper): the noise ascends the clean loss ``CE(f(x), y)``, going wherever the model
+            is weakest. A class index: the noise instead climbs that class's log-probability,
+            ``-CE(f(x), target)``, aiming at a backdoor into that class. ``"scan"``: first scan the model with
+            :class:`~banscan.detectors.BAN` (defaults, same seed, on the same clean data) and aim at the class its
+            noise favours (``stats["target_noise"]``, the noise without the mask, as in this fine-tuning). Either
+            way the weights learn ``CE(f_noise(x), y)``, the true label under that noise.
         bn_mode: ``"clean"``, ``"recalibrate"`` or ``"official"`` (see the module docstring).
         epochs: passes over the clean data (25, run literally).
         lr: SGD learning rate (constant).
@@ -85,11 +100,12 @@ class BANFineTune(FineTune):
     def __init__(self, *, eps: float = 0.3, n_steps: int = 1, lambda_rob: float = 0.5, project: bool = False,
                  bn_mode: str = "clean", epochs: int = 25, lr: float = 0.005, momentum: float = 0.9,
                  weight_decay: float = 5e-4, batch_size: int = 128, augment: bool = True, amp: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, target: int | str | None = None) -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.lambda_rob = lambda_rob
         self.project = project
+        self.target = target
         self.bn_mode = bn_mode
         self.epochs = epochs
         self.lr = lr
@@ -107,36 +123,56 @@ class BANFineTune(FineTune):
         check_positive("lambda_rob", self.lambda_rob, allow_zero=True)
         if self.bn_mode not in _BN_MODES:
             raise BanscanError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
+        if self.target is not None and self.target != "scan":
+            check_positive("target", self.target, integer=True, allow_zero=True)
 
-    def _setup(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device) -> NeuronNoise:
-        return NeuronNoise(net.model, self.eps)
+    def _setup(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device) -> _Run:
+        target, scan = self.target, None
+        if target == "scan":
+            from ..detectors import BAN
 
-    def _weights(self, net: SplitModel, ctx: NeuronNoise) -> list[torch.nn.Parameter]:
-        noise_ids = {id(p) for p in ctx.parameters()}
+            res = BAN(seed=self.seed).detect(net.model, data, device=device)
+            target = int(res.stats["target_noise"])
+            scan = {"target_noise": target, "target": res.target, "score": res.score, "verdict": res.verdict,
+                    "seconds": res.timings.get("total")}
+        elif target is not None and target >= net.num_classes:
+            raise BanscanError(f"target {target} is not a class of this {net.num_classes}-class model")
+        return _Run(NeuronNoise(net.model, self.eps), target, scan)
+
+    def _weights(self, net: SplitModel, ctx: _Run) -> list[torch.nn.Parameter]:
+        noise_ids = {id(p) for p in ctx.noise.parameters()}
         return [p for p in net.model.parameters() if p.requires_grad and id(p) not in noise_ids]
 
-    def _loss(self, net: SplitModel, ctx: NeuronNoise, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+    def _loss(self, net: SplitModel, ctx: _Run, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        noise = ctx
+        noise = ctx.noise
 
         def ce() -> torch.Tensor:
             with self._autocast(device):
                 return cross_entropy(net(x), y)
 
+        def towards_target() -> torch.Tensor:
+            with self._autocast(device):
+                return -cross_entropy(net(x), torch.full_like(y, ctx.target))
+
         noise.reset(gen)
         bn_ctx = bn_batch_stats(net) if self.bn_mode != "official" else torch.enable_grad()
         with bn_ctx, noise.enabled(True):
             for _ in range(self.n_steps):
-                noise.ascend(ce, self.eps / self.n_steps, project=self.project)
+                noise.ascend(ce if ctx.target is None else towards_target, self.eps / self.n_steps,
+                             project=self.project)
             loss_rob = ce()
         loss_clean = ce()
         loss = loss_clean + self.lambda_rob * loss_rob
         return loss, {"loss_clean": float(loss_clean.detach()), "loss_noise": float(loss_rob.detach())}
 
-    def _finish(self, net: SplitModel, ctx: NeuronNoise, data: ImageData, device: torch.device,
+    def _finish(self, net: SplitModel, ctx: _Run, data: ImageData, device: torch.device,
                 stats: dict[str, Any]) -> None:
-        ctx.remove()
-        stats["n_noise_params"] = ctx.n_params
+        ctx.noise.remove()
+        stats["n_noise_params"] = ctx.noise.n_params
+        stats["target"] = ctx.target
+        if ctx.scan is not None:
+            stats["scan"] = ctx.scan
         if self.bn_mode == "recalibrate":
             net.eval()
 
@@ -150,3 +186,11 @@ class BANFineTune(FineTune):
             pad = 4 if self.augment else 0
             batches = (x for x, _ in train_batches(data, self.batch_size, g, device, pad, bool(self.augment)))
             stats["bn_recalibrated_layers"] = recalibrate_bn(net, fwd, batches)
+
+
+@register_mitigation("ban_scan")
+class BANScanFineTune(BANFineTune):
+    """Detect, then repair: :class:`BANFineTune` with ``target="scan"``, its noise aimed at the class BAN's scan
+    names. Same arguments; ``target`` may still be given to skip the scan."""
+
+    __init__ = functools.partialmethod(BANFineTune.__init__, target="scan")

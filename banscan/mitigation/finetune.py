@@ -89,7 +89,8 @@ class FineTune(Mitigation):
 
     def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
-        ctx = self._setup(net, data, gen, device)
+        with timer.phase("setup"):
+            ctx = self._setup(net, data, gen, device)
         opt = self._optimizer(self._weights(net, ctx))
         pad = 4 if self.augment else 0
         history: list[dict[str, float]] = []
