@@ -3,9 +3,10 @@
 #
 # Builds the zoo (resumes; a finished model is never retrained; about 4 h on a quiet 2-core CPU), scans every
 # model with BAN on the zoo's held-out defender split (resumes; a finished (model, method) pair is never
-# rescanned; about 8 s per model), repairs every backdoored model with BAN's fine-tuning and plain fine-tuning
-# (about 10 and 4 min per model on one thread), and writes report.md / report.html, which list the commit and
-# the exact command of every run that wrote results.
+# rescanned; about 8 s per model), repairs every backdoored model with BAN's fine-tuning, BAN's fine-tuning aimed
+# at the class BAN's scan names (ban_scan) and plain fine-tuning (about 10, 10 and 4 min per model on one thread;
+# ANP, MITIGATE=...,anp, about 20 min in bf16), and writes report.md / report.html, which list the commit and the
+# exact command of every run that wrote results.
 #
 # The baselines cost far more per model at their official defaults on this CPU (benchmarks/RESULTS.md: BTI-DBF
 # ~87x, Neural Cleanse ~54x, FeatureRE ~5,900x BAN's time), so they are not in the default METHODS; run them on a
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 ZOO="${ZOO:-runs/zoo-cpu}"
 OUT="${OUT:-benchmarks/results/cifar10-cpu}"
 METHODS="${METHODS:-ban}"
-MITIGATE="${MITIGATE:-ban,ft}"
+MITIGATE="${MITIGATE:-ban,ban_scan,ft}"
 
 banscan zoo build cifar10-cpu --out "$ZOO" --device cpu
 banscan bench --zoo "$ZOO" --methods "$METHODS" --out "$OUT" --seed 0 --device cpu --no-report \

@@ -14,5 +14,5 @@ OUT="${OUT:-benchmarks/results/cifar10-paper}"
 
 banscan zoo build cifar10-paper --out "$ZOO" --device cuda
 banscan bench --zoo "$ZOO" --methods ban,btidbf,nc,featurere --out "$OUT" --seed 0 --device cuda --no-report \
-    --mitigate ban,ft,anp,btidbf_u --mitigate-images 2500
+    --mitigate ban,ban_scan,ft,anp,btidbf_u --mitigate-images 2500
 banscan bench report --results "$OUT" --fpr 0.05 --calibration loo --bootstrap 2000

@@ -40,7 +40,7 @@ if [ "$cmd" = build ]; then
 elif [ "$cmd" = repair ]; then
   secs=${3:-300}
   split_ids backdoored
-  for m in ban ft anp btidbf_u; do
+  for m in ban ban_scan ft anp btidbf_u; do
     for part in a b; do
       sel=${!part}
       [ -n "$sel" ] || continue

@@ -128,7 +128,7 @@ def add_mitigate_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--out", required=True, help="repaired weights (.safetensors); the model card goes to OUT.json")
     p.add_argument("--method", default="ban", choices=list_mitigations())
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (ban, ft; default 25)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (ban, ban_scan, ft; default 25)")
     p.add_argument("--params", default="", help="method hyperparameters, e.g. lambda_rob=0.5,bn_mode=clean")
     p.add_argument("--holdout", type=float, default=0.1, help="share of --data held out to measure BA (0.1)")
     p.set_defaults(func=_cmd_mitigate)
