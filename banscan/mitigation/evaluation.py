@@ -28,7 +28,8 @@ from . import get_mitigation
 log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("model", "method", "attack", "BA_before", "BA_after", "ASR_before", "ASR_after", "RA_after",
-                 "ASR_any_after", "ASR_any_class_after", "time_s", "n_images", "device", "params")
+                 "ASR_any_after", "ASR_any_class_after", "time_s", "n_images", "device", "params", "stats",
+                 "timings", "versions")
 
 
 @torch.no_grad()
@@ -204,7 +205,8 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
             elapsed = time.perf_counter() - t0
             ev = evaluate_mitigation(model, res.model, test, attack, device=dev)
             run = {"model": card["id"], "method": method, "attack": card["attack"], "time_s": round(elapsed, 3),
-                   "n_images": len(defend), "device": str(dev), "params": json_safe(mit.get_params())}
+                   "n_images": len(defend), "device": str(dev), "params": json_safe(mit.get_params()),
+                   "stats": res.stats, "timings": res.timings, "versions": res.versions}
             rec = {k: run[k] if k in run else ev[k] for k in RECORD_FIELDS}  # the rates come from `ev`
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec, sort_keys=False) + "\n")
