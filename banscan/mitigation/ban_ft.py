@@ -131,8 +131,9 @@ class BANFineTune(FineTune):
         check_positive("lambda_rob", self.lambda_rob, allow_zero=True)
         if self.bn_mode not in _BN_MODES:
             raise BanscanError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
-        if self.target is not None and self.target != "scan":
-            check_positive("target", self.target, integer=True, allow_zero=True)
+        t = self.target
+        if t is not None and t != "scan" and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise BanscanError(f"target must be an integer >= 0 (a class index), None or 'scan', got {t!r}")
 
     def _setup(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device) -> _Run:
         target, scan = self.target, None
@@ -155,20 +156,23 @@ class BANFineTune(FineTune):
               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         noise = ctx.noise
 
-        def ce() -> torch.Tensor:
+        def ce(labels: torch.Tensor = y) -> torch.Tensor:
             with self._autocast(device):
-                return cross_entropy(net(x), y)
+                return cross_entropy(net(x), labels)
 
-        def towards_target() -> torch.Tensor:
-            with self._autocast(device):
-                return -cross_entropy(net(x), torch.full_like(y, ctx.target))
+        if ctx.target is None:
+            climb = ce  # the paper: up the clean loss
+        else:
+            aim = torch.full_like(y, ctx.target)
+
+            def climb() -> torch.Tensor:  # up the target's log-probability
+                return -ce(aim)
 
         noise.reset(gen)
         bn_ctx = bn_batch_stats(net) if self.bn_mode != "official" else torch.enable_grad()
         with bn_ctx, noise.enabled(True):
             for _ in range(self.n_steps):
-                noise.ascend(ce if ctx.target is None else towards_target, self.eps / self.n_steps,
-                             project=self.project)
+                noise.ascend(climb, self.eps / self.n_steps, project=self.project)
             loss_rob = ce()
         loss_clean = ce()
         loss = loss_clean + self.lambda_rob * loss_rob
