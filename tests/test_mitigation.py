@@ -18,6 +18,7 @@ from banscan.cli import main
 from banscan.data import ImageData
 from banscan.mitigation import (MitigationResult, evaluate_mitigation, get_mitigation, list_mitigations,
                                 mitigate_file, mitigate_zoo)
+from banscan.mitigation.evaluation import verify_repair
 from banscan.models import create_model
 from banscan.synthetic import make_synthetic
 
@@ -30,6 +31,8 @@ FAST = {
     "btidbf_u": {"n_rounds": 1, "n_unlearn_epochs": 1, "n_pretrain_epochs": 1, "n_mask_epochs": 1,
                  "n_gen_epochs": 1, "unet_filters": 4, "unet_blocks": 2, "batch_size": 64},
 }
+
+NC_QUICK = {"n_opt": 100, "n_eval": 300, "n_epochs": 15, "batch_size": 50, "init_cost": 1e-2}
 
 
 class PatchAttack:
@@ -167,11 +170,34 @@ def test_anp_accuracy_rule_chooses_a_threshold(tiny_zoo):
     assert 0 <= res.stats["pruned_fraction"] <= 1
 
 
+def test_verify_repair_flags_a_repair_that_kept_the_backdoor(tiny_zoo, test_set):
+    bd, data = tiny_zoo.backdoored, tiny_zoo.data
+    kept = get_mitigation("ft", seed=0, **FAST["ft"]).repair(bd, data).model  # one epoch of plain FT keeps it
+    assert evaluate_mitigation(bd, kept, test_set, PatchAttack(tiny_zoo.target))["ASR_after"] > 0.9
+    ver = verify_repair(bd, kept, data, "nc", NC_QUICK, method="ft")
+    assert ver["before"]["verdict"] == ver["after"]["verdict"] == "backdoored", ver
+    assert ver["before"]["target"] == ver["after"]["target"] == tiny_zoo.target
+    assert ver["still_flagged"] and ver["note"] is None
+    again = verify_repair(bd, kept, data, "nc", NC_QUICK, method="ft", before=ver["before"])
+    assert again["before"] == ver["before"]  # reused as given
+    assert {**again["after"], "seconds": 0} == {**ver["after"], "seconds": 0}  # same seed, same scan
+    # a clean model is not flagged before, so there is nothing left to flag after
+    clean = verify_repair(tiny_zoo.clean, tiny_zoo.clean, data, "nc", NC_QUICK, method="ban")
+    assert clean["before"]["verdict"] == "clean" and not clean["still_flagged"]
+    assert "not independent" not in str(clean["note"])  # NC does not judge a BAN repair by its own noise
+    few, _ = data.split(400, seed=0)
+    own = verify_repair(bd, bd, few, "ban", {"n_eval": 200, "mask_steps": 5}, method="ban_scan")
+    assert own["params"]["n_opt"] == 200  # 400 images cannot hold BAN's default n_opt=500: halved
+    assert "not independent" in own["note"]
+    with pytest.raises(BanscanError, match="unknown detector"):
+        verify_repair(bd, kept, data, "nope")
+
+
 def _write_npz(path, data: ImageData) -> None:
     np.savez(path, x=data.x.permute(0, 2, 3, 1).numpy(), y=data.y.numpy())
 
 
-def test_cli_writes_new_file_and_card_and_leaves_input_alone(tiny_zoo, tmp_path):
+def test_cli_writes_new_file_and_card_and_leaves_input_alone(tiny_zoo, tmp_path, capsys):
     src = save_weights(tiny_zoo.backdoored, tmp_path / "in.safetensors")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     raw = src.read_bytes()
@@ -181,7 +207,8 @@ def test_cli_writes_new_file_and_card_and_leaves_input_alone(tiny_zoo, tmp_path)
     arch, kw = TINY_ARCH
     argv = ["-q", "mitigate", "--arch", arch, "--arch-kwargs", ",".join(f"{k}={v}" for k, v in kw.items()),
             "--weights", str(src), "--data", str(npz), "--out", str(out), "--num-classes", str(TINY_CLASSES),
-            "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--epochs", "1", "--params", "batch_size=64"]
+            "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--epochs", "1", "--params", "batch_size=64",
+            "--verify", "nc", "--verify-params", "n_opt=100,n_eval=200,n_epochs=1,batch_size=50"]
     assert main(argv) == 0
     assert src.read_bytes() == raw
     fresh = load_weights(_fresh(), out)  # strict: same keys and shapes, finite
@@ -193,6 +220,10 @@ def test_cli_writes_new_file_and_card_and_leaves_input_alone(tiny_zoo, tmp_path)
     assert card["data"]["n_heldout"] == 60 and card["data"]["n_repair"] == 540
     assert 0 <= card["evaluation"]["BA_before"] <= 1 and 0 <= card["evaluation"]["BA_after"] <= 1
     assert {"banscan", "torch"} <= set(card["versions"]) and "total" in card["timings"]
+    ver = card["verification"]
+    assert ver["detector"] == "nc" and ver["params"]["n_epochs"] == 1 and ver["note"] is None
+    assert {"verdict", "score", "threshold", "target", "seconds"} <= set(ver["before"]) == set(ver["after"])
+    assert "nc scan: before" in capsys.readouterr().out
 
 
 def test_bad_input_is_a_banscan_error(tiny_zoo, tmp_path, capsys):
@@ -226,6 +257,10 @@ def test_bad_input_is_a_banscan_error(tiny_zoo, tmp_path, capsys):
         mitigate_file(arch, src, data, tmp_path / "out.pt", arch_kwargs=kw, num_classes=TINY_CLASSES)
     with pytest.raises(BanscanError, match="input"):
         mitigate_file(arch, src, data, src, arch_kwargs=kw, num_classes=TINY_CLASSES)
+    with pytest.raises(BanscanError, match="unknown detector"):
+        mitigate_file(arch, src, data, tmp_path / "o.safetensors", arch_kwargs=kw, num_classes=TINY_CLASSES,
+                      verify="nope")
+    assert not (tmp_path / "o.safetensors").exists()  # refused before the repair
     with pytest.raises(BanscanError, match="not a zoo"):
         mitigate_zoo(tmp_path)
     with pytest.raises(BanscanError, match="unknown mitigation"):
@@ -265,3 +300,9 @@ def test_mitigate_zoo_appends_records_and_resumes(tiny_zoo, test_set, tmp_path, 
     recs = mitigate_zoo(zoo, methods=["ft", "anp"], out=res, params={"ft": FAST["ft"], "anp": FAST["anp"]})
     assert [r["method"] for r in recs] == ["anp"]
     assert [json.loads(x)["method"] for x in (res / "mitigation.jsonl").read_text().splitlines()] == ["ft", "anp"]
+    assert all(r["verify"] is None for r in recs)
+    recs = mitigate_zoo(zoo, methods=["ft", "ban"], out=tmp_path / "VERIFIED", verify="nc", verify_params=NC_QUICK,
+                        params={"ft": FAST["ft"], "ban": {**FAST["ban"], "epochs": 1}})
+    first, second = (r["verify"] for r in recs)
+    assert first["before"] == second["before"] and first["detector"] == "nc"  # one scan of the unrepaired model
+    assert first["before"]["target"] == tiny_zoo.target and first["still_flagged"]  # one epoch of FT keeps it

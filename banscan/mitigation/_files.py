@@ -43,17 +43,22 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
                   out: str | os.PathLike, method: str = "ban", arch_kwargs: Mapping[str, Any] | None = None,
                   num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
                   params: Mapping[str, Any] | None = None, holdout: float = 0.1, seed: int = 0,
-                  device: str | None = None, data_split: str = "test", input_size: int | None = None
-                  ) -> dict[str, Any]:
+                  device: str | None = None, data_split: str = "test", input_size: int | None = None,
+                  verify: str | None = None, verify_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Repair the model in ``weights``; write ``out`` (.safetensors) and its model card ``out`` with ``.json``.
 
     ``data`` (a data path as for :func:`banscan.load_data`, a zoo folder, whose defender split is used, or
     :class:`ImageData`) is split, stratified and seeded, into a part that repairs and a held-out ``holdout``
     share on which clean accuracy is measured before and after. The input file is only read. Returns the card.
+
+    ``verify`` (a detector name, e.g. ``"nc"``) scans the model before and after the repair on the repair part
+    (:func:`banscan.mitigation.evaluation.verify_repair`) and records it in the card as ``verification``: without
+    the trigger, the only evidence a user has that the backdoor is gone.
     """
     from ..checkpoints import load_weights, save_weights
     from ..models import create_model
-    from .evaluation import evaluate_mitigation
+    from ..detectors import get_detector
+    from .evaluation import evaluate_mitigation, verify_repair
 
     src, dst = Path(weights), Path(out)
     if dst.suffix != ".safetensors":
@@ -63,6 +68,8 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     if not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise BanscanError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
     mitigation = get_mitigation(method, **{"seed": seed, **dict(params or {})})
+    if verify is not None:
+        get_detector(verify, **dict(verify_params or {}))  # bad names and parameters fail before the repair
     model = create_model(arch, num_classes, **dict(arch_kwargs or {}))
     load_weights(model, src)
     sha_in = _sha256(src)
@@ -77,6 +84,8 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     held, fit = clean.split(n_hold, seed=seed)
     res = mitigation.repair(model, fit, device=device)
     ev = evaluate_mitigation(model, res.model, held, device=device)
+    ver = (verify_repair(model, res.model, fit, verify, verify_params, method=method, seed=seed, device=device)
+           if verify is not None else None)
     card = {
         "schema_version": CARD_SCHEMA,
         "kind": "banscan-mitigated-model",
@@ -93,6 +102,7 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
                  "split_seed": seed},
         "evaluation": {"split": "held-out clean data", "BA_before": ev["BA_before"], "BA_after": ev["BA_after"],
                        "n": ev["n_test"]},
+        "verification": ver,
     }
     save_weights(res.model, dst, metadata={"source_sha256": sha_in, "method": method})
     card["sha256"] = _sha256(dst)
@@ -113,16 +123,28 @@ def _cmd_mitigate(args: argparse.Namespace) -> int:
     card = mitigate_file(args.arch, args.weights, args.data, args.out, method=args.method,
                          arch_kwargs=parse_kwargs(args.arch_kwargs), num_classes=args.num_classes, mean=args.mean,
                          std=args.std, params=params, holdout=args.holdout, seed=args.seed, device=args.device,
-                         data_split=args.data_split, input_size=args.input_size)
+                         data_split=args.data_split, input_size=args.input_size, verify=args.verify,
+                         verify_params=parse_kwargs(args.verify_params))
     ev = card["evaluation"]
     print(f"{args.method}: BA on {ev['n']} held-out images {ev['BA_before']:.4f} -> {ev['BA_after']:.4f}  "
           f"time={card['timings'].get('total', 0):.1f}s")
+    ver = card["verification"]
+    if ver is not None:
+        b, a = ver["before"], ver["after"]
+        print(f"{ver['detector']} scan: before {b['verdict']} (score {b['score']:.3f}, class {b['target']}) -> "
+              f"after {a['verdict']} (score {a['score']:.3f}, class {a['target']})")
+        if ver["still_flagged"]:
+            print(f"WARNING: {ver['detector']} still finds a backdoor into class {a['target']}; the repair may "
+                  "not have removed it")
+        if ver["note"]:
+            print(f"NOTE: {ver['note']}")
     print(f"weights written to {args.out}; model card {Path(args.out).with_suffix('.json')}")
     return 0
 
 
 def add_mitigate_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..cli import _add_model_args
+    from ..detectors import list_detectors
 
     p = subparsers.add_parser("mitigate", help="remove a backdoor: write a repaired copy of the model")
     _add_model_args(p)
@@ -130,5 +152,8 @@ def add_mitigate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="ban", choices=list_mitigations())
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (ban, ban_scan, ft; default 25)")
     p.add_argument("--params", default="", help="method hyperparameters, e.g. lambda_rob=0.5,bn_mode=clean")
+    p.add_argument("--verify", default=None, choices=list_detectors(),
+                   help="scan before and after the repair with this detector (e.g. nc; not ban for ban repairs)")
+    p.add_argument("--verify-params", default="", help="that detector's hyperparameters, e.g. n_epochs=5")
     p.add_argument("--holdout", type=float, default=0.1, help="share of --data held out to measure BA (0.1)")
     p.set_defaults(func=_cmd_mitigate)

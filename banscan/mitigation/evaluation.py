@@ -2,9 +2,10 @@
 
 ``mitigate_zoo`` repairs every backdoored model of a zoo and appends one JSON line per (model, method) to
 ``RESULTS/mitigation.jsonl`` with exactly the fields ``model, method, attack, BA_before, BA_after, ASR_before,
-ASR_after, RA_after, ASR_any_after, ASR_any_class_after, time_s, n_images, device, params`` (rates are fractions
-in ``[0, 1]``; ``params`` are the mitigation's hyperparameters); ``banscan bench --mitigate`` merges that file
-into the benchmark report.
+ASR_after, RA_after, ASR_any_after, ASR_any_class_after, time_s, n_images, device, params, stats, timings,
+versions, verify`` (rates are fractions in ``[0, 1]``; ``params`` are the mitigation's hyperparameters; ``verify``
+is :func:`verify_repair`'s result or ``None``); ``banscan bench --mitigate`` merges that file into the benchmark
+report.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("model", "method", "attack", "BA_before", "BA_after", "ASR_before", "ASR_after", "RA_after",
                  "ASR_any_after", "ASR_any_class_after", "time_s", "n_images", "device", "params", "stats",
-                 "timings", "versions")
+                 "timings", "versions", "verify")
 
 
 @torch.no_grad()
@@ -114,6 +115,49 @@ def evaluate_mitigation(model_before: nn.Module, model_after: nn.Module, test_da
     return out
 
 
+_SAME_FAMILY = {"ban": ("ban", "ban_scan")}  # detector -> repairs trained against exactly what it measures
+
+
+def verify_repair(model_before: nn.Module, model_after: nn.Module, data: ImageData, detector: str = "nc",
+                  params: Mapping[str, Any] | None = None, method: str | None = None, seed: int = 0,
+                  device: str | torch.device | None = None, before: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Scan the model before and after a repair with one detector on the same clean data.
+
+    A user without the trigger cannot measure ASR; this is the check left to them. A backdoor that the detector
+    finds before and still finds after (same class) has not been removed. Use a detector independent of the
+    repair: BAN fine-tuning trains the model to resist exactly the noise BAN's scan applies, so a BAN scan passes
+    a BAN repair whether or not the backdoor is gone (measured on a BadNets model whose ASR stayed at 0.92: BAN's
+    scan called it clean, Neural Cleanse still flagged its target). ``method`` (the repair's name) adds that
+    warning to the result when the two are of one family.
+
+    ``n_opt`` is lowered to half the images when ``data`` is too small for the detector's default. Returns
+    ``{"detector", "params", "before": {...}, "after": {...}, "still_flagged", "note"}``, each side with the
+    verdict, score, threshold, target and seconds; ``before`` (an earlier result's ``"before"``, same detector,
+    parameters and data) skips the first scan.
+    """
+    from ..detectors import get_detector
+
+    params = {"seed": seed, **dict(params or {})}
+    det = get_detector(detector, **params)
+    if "n_opt" not in params and len(data) <= det.n_opt:
+        params["n_opt"] = len(data) // 2
+        det = get_detector(detector, **params)
+    out: dict[str, Any] = {"detector": detector, "params": json_safe(det.get_params())}
+    for tag, m in (("before", model_before), ("after", model_after)):
+        if tag == "before" and before is not None:
+            out[tag] = dict(before)
+            continue
+        r = det.detect(m, data, device=device)
+        out[tag] = {"verdict": r.verdict, "score": r.score, "threshold": r.threshold, "target": r.target,
+                    "seconds": r.timings.get("total")}
+    b, a = out["before"], out["after"]
+    out["still_flagged"] = b["verdict"] == a["verdict"] == "backdoored" and b["target"] == a["target"]
+    out["note"] = (f"not independent: {method} is trained against the {detector} scan's own noise, so passing it "
+                   "is no evidence that the backdoor is gone" if method in _SAME_FAMILY.get(detector, ()) else None)
+    return out
+
+
 def _prepare_log(path: Path) -> set[tuple[str, str]]:
     """(model, method) pairs already recorded; a torn last line (interrupted write) is cut off so that appended
     records never follow a broken one."""
@@ -146,7 +190,8 @@ def _prepare_log(path: Path) -> set[tuple[str, str]]:
 def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), out: str | os.PathLike = "RESULTS",
                  params: Mapping[str, Mapping[str, Any]] | None = None, ids: Sequence[str] | None = None,
                  seed: int = 0, device: str | torch.device | None = None, data_dir: str | os.PathLike | None = None,
-                 save_models: bool = False, resume: bool = True, n_images: int | None = None
+                 save_models: bool = False, resume: bool = True, n_images: int | None = None,
+                 verify: str | None = None, verify_params: Mapping[str, Any] | None = None
                  ) -> list[dict[str, Any]]:
     """Repair every backdoored model of a zoo with each method; append records to ``OUT/mitigation.jsonl``.
 
@@ -161,18 +206,24 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
             5% of the training set, 2,500 CIFAR-10 images); ``None`` uses the whole defender split.
         seed: the mitigations' seed.
         resume: skip (model, method) pairs already in the file.
+        verify: a detector name: scan every model before and after its repair on the repair images
+            (:func:`verify_repair`, the check a user without the trigger can make) and record it as ``verify``;
+            ``verify_params`` are that detector's hyperparameters.
 
     Returns the records written by this call. Only cards with an attack and status ``"ok"`` are used: the
     defender's clean split (``banscan.zoo.defender_data``) repairs, the test split (``test_data``) evaluates.
     """
     from ..attacks import attack_from_card
     from ..checkpoints import save_weights
+    from ..detectors import get_detector
     from ..zoo import defender_data, load_manifest, load_zoo_model, test_data
 
     params = dict(params or {})
     unknown = [m for m in list(methods) + list(params) if m not in _registered()]
     if unknown:
         raise BanscanError(f"unknown mitigation(s) {unknown}; expected some of {_registered()}")
+    if verify is not None:
+        get_detector(verify, **dict(verify_params or {}))  # bad names/parameters fail before the first repair
     manifest = load_manifest(zoo_dir)
     cards = [c for c in manifest["models"] if c.get("attack") and c.get("status", "ok") == "ok"]
     if ids is not None:
@@ -198,15 +249,20 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
         model = load_zoo_model(zoo_dir, card, device=device)
         dev = resolve_device(device, model)
         attack = attack_from_card(zoo_dir, card, device=dev)
+        scan_before = None  # the verification scan of the unrepaired model, shared by the methods
         for method in todo:
             mit = get_mitigation(method, **{"seed": seed, **dict(params.get(method, {}))})
             t0 = time.perf_counter()
             res = mit.repair(model, defend, device=dev)
             elapsed = time.perf_counter() - t0
             ev = evaluate_mitigation(model, res.model, test, attack, device=dev)
+            ver = None
+            if verify:
+                ver = verify_repair(model, res.model, defend, verify, verify_params, method, seed, dev, scan_before)
+                scan_before = ver["before"]
             run = {"model": card["id"], "method": method, "attack": card["attack"], "time_s": round(elapsed, 3),
                    "n_images": len(defend), "device": str(dev), "params": json_safe(mit.get_params()),
-                   "stats": res.stats, "timings": res.timings, "versions": res.versions}
+                   "stats": res.stats, "timings": res.timings, "versions": res.versions, "verify": ver}
             rec = {k: run[k] if k in run else ev[k] for k in RECORD_FIELDS}  # the rates come from `ev`
             with open(path, "a") as fh:
                 fh.write(json.dumps(rec, sort_keys=False) + "\n")
