@@ -17,8 +17,7 @@ from banscan.checkpoints import load_weights, save_weights
 from banscan.cli import main
 from banscan.data import ImageData
 from banscan.mitigation import (MitigationResult, evaluate_mitigation, get_mitigation, list_mitigations,
-                                mitigate_file, mitigate_zoo)
-from banscan.mitigation.evaluation import verify_repair
+                                mitigate_file, mitigate_zoo, verify_repair)
 from banscan.models import create_model
 from banscan.synthetic import make_synthetic
 

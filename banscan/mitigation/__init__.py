@@ -53,8 +53,8 @@ from .ban_ft import BANFineTune, BANScanFineTune  # noqa: E402
 from .anp import ANP  # noqa: E402
 from .btidbf_u import BTIDBFUnlearn  # noqa: E402
 from ._files import mitigate_file  # noqa: E402
-from .evaluation import evaluate_mitigation, mitigate_zoo  # noqa: E402
+from .evaluation import evaluate_mitigation, mitigate_zoo, verify_repair  # noqa: E402
 
 __all__ = ["ANP", "BANFineTune", "BANScanFineTune", "BTIDBFUnlearn", "FineTune", "Mitigation", "MitigationResult",
            "evaluate_mitigation", "get_mitigation", "list_mitigations", "mitigate_file", "mitigate_zoo",
-           "register_mitigation"]
+           "register_mitigation", "verify_repair"]
