@@ -400,16 +400,31 @@ def mitigation_section(results: str | os.PathLike, doc: Doc, records: Sequence[d
         v = r.get("ASR_any_after")
         return "–" if v is None else f"{pc(v)} (class {r.get('ASR_any_class_after')})"
 
+    def scan_after(r: dict) -> str:
+        # Optional (mitigate_zoo(..., verify=...)): the detector's verdict on the repaired model and its class.
+        v = r.get("verify")
+        if not v:
+            return "–"
+        a = v["after"]
+        return f"{v['detector']}: {a['verdict']} (class {a['target']})" + (" *" if v.get("note") else "")
+
     noise = _noise_on_true_target(records)
-    rows = [[m, meth, *(pc(r[k]) for k in rate_keys), any_cls(r), _num(r["time_s"], 1), str(r.get("device", "–"))]
-            + ([_pct(noise.get(m))] if noise else []) for (m, meth), r in sorted(last.items())]
+    verified = any(r.get("verify") for r in last.values())
+    rows = [[m, meth, *(pc(r[k]) for k in rate_keys), any_cls(r)] + ([scan_after(r)] if verified else [])
+            + [_num(r["time_s"], 1), str(r.get("device", "–"))] + ([_pct(noise.get(m))] if noise else [])
+            for (m, meth), r in sorted(last.items())]
     doc.p("ASR any: triggered images sent to the one class that collects most of them (of those not of that "
           "class). A repair that only moves the backdoor to a new label shows a low ASR and a high ASR any.")
+    if verified:
+        doc.p("Scan after repair: the verdict of a detector run on the repaired model (`verify`), the check a user "
+              "without the trigger can make; * marks a detector of the repair's own family, which it is trained "
+              "to pass.")
     if noise:
         doc.p("BAN noise on target: in BAN's scan of the model, the share of predictions under adversarial neuron "
               "noise (no mask) that went to the true target. BAN fine-tuning unlearns what that noise activates.")
-    doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "ASR any after",
-               "time s", "device"] + (["BAN noise on target"] if noise else []), rows)
+    doc.table(["model", "method", "BA before", "BA after", "ASR before", "ASR after", "RA after", "ASR any after"]
+              + (["scan after repair"] if verified else []) + ["time s", "device"]
+              + (["BAN noise on target"] if noise else []), rows)
     points: dict[str, list[tuple[float, float]]] = {}
     for (m, meth), r in sorted(last.items()):
         if m in noise and r["ASR_after"] is not None:

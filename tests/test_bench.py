@@ -270,7 +270,10 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
     # a mitigation engineer's records are merged into the report
     (out / "mitigation.jsonl").write_text(json.dumps(
         {"model": "m2-badnets", "method": "ban_ft", "BA_before": 0.9, "BA_after": 0.88, "ASR_before": 1.0,
-         "ASR_after": 0.05, "RA_after": 0.85, "time_s": 3.2}) + "\n")
+         "ASR_after": 0.05, "RA_after": 0.85, "time_s": 3.2}) + "\n" + json.dumps(
+        {"model": "m2-badnets", "method": "ft", "BA_before": 0.9, "BA_after": 0.89, "ASR_before": 1.0,
+         "ASR_after": 0.97, "RA_after": 0.02, "time_s": 1.1,
+         "verify": {"detector": "nc", "after": {"verdict": "backdoored", "target": 0}, "note": None}}) + "\n")
     assert _bench_cli(["bench", "report", "--results", str(out), "--bootstrap", "20"]) == 0
     md = (out / "report.md").read_text()
     assert "## Mitigation" in md and (out / "plots" / "repair_vs_noise.png").stat().st_size > 1000
@@ -279,6 +282,11 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
     h = scan["stats"]["hist_noise"]
     row = next(line for line in md.splitlines() if line.startswith("| m2-badnets | ban_ft"))
     assert row.rstrip(" |").endswith(f"{100 * h[scan['true_target']] / sum(h):.1f}%")
+    ft_row = next(line for line in md.splitlines() if line.startswith("| m2-badnets | ft"))
+    header = next(line for line in md.splitlines() if line.startswith("| model | method | BA before"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("scan after repair")
+    assert [c.strip() for c in row.strip("|").split("|")][col] == "–"  # this record was not verified
+    assert [c.strip() for c in ft_row.strip("|").split("|")][col] == "nc: backdoored (class 0)"
     assert len(load_records(out)) == 4
 
 
