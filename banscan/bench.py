@@ -671,6 +671,9 @@ def add_cli(sub: Any) -> None:
                    help="repair with this many defender images (the BAN paper: 2500, 5%% of CIFAR-10); default all")
     p.add_argument("--mitigate-params", default=None,
                    help='JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
+    p.add_argument("--mitigate-verify", default=None, metavar="DETECTOR",
+                   help="scan every model before and after its repair with this detector (e.g. nc), with its "
+                        "--method-params if given; the verdicts go to the records and the report")
     _report_args(p)
     p.set_defaults(func=_cmd_bench)
     bsub = p.add_subparsers(dest="bench_command", metavar="{report}")
@@ -697,8 +700,9 @@ def _cmd_bench(args: Any) -> int:
 
         mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
         params = _parse_method_params(args.mitigate_params, mit, "--mitigate-params")
-        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=params,
-                            ids=cfg.models, seed=args.seed, device=args.device, n_images=args.mitigate_images)
+        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=params, ids=cfg.models, seed=args.seed,
+                            device=args.device, n_images=args.mitigate_images, verify=args.mitigate_verify,
+                            verify_params=cfg.method_params.get(args.mitigate_verify or "", {}))
         print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
     if args.report:
         return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
@@ -712,7 +716,7 @@ def _command_line(args: Any) -> list[str]:
             str(args.seed)]
     for flag, val in (("--device", args.device), ("--method-params", args.method_params), ("--models", args.models),
                       ("--mitigate", args.mitigate), ("--mitigate-params", args.mitigate_params),
-                      ("--mitigate-images", args.mitigate_images)):
+                      ("--mitigate-images", args.mitigate_images), ("--mitigate-verify", args.mitigate_verify)):
         if val is not None:
             argv += [flag, str(val)]
     return argv

@@ -368,9 +368,14 @@ def test_bench_on_the_shipped_tiny_zoo(tmp_path):
     assert (out / RESULTS_NAME).read_text() == first
     assert (out / "report.html").is_file()
     # --mitigate repairs the backdoored models and the report gains the mitigation section
-    mit = argv + ["--mitigate", "ban", "--mitigate-params", json.dumps({"ban": {"epochs": 1, "batch_size": 16}})]
+    mit = argv + ["--mitigate", "ban", "--mitigate-params", json.dumps({"ban": {"epochs": 1, "batch_size": 16}}),
+                  "--mitigate-verify", "ban"]
     assert main(mit) == 0
     recs = [json.loads(line) for line in (out / "mitigation.jsonl").read_text().splitlines()]
     backdoored = {c["id"] for c in cards if c["status"] == "ok" and c["attack"]}
     assert {r["model"] for r in recs} == backdoored and all(r["method"] == "ban" for r in recs)
     assert "ASR_after" in recs[0] and "itigation" in (out / "report.md").read_text()
+    # the verification scan ran with the benchmark's BAN parameters, and says it is not independent of the repair
+    ver = recs[0]["verify"]
+    assert ver["params"]["mask_steps"] == TINY_BAN["ban"]["mask_steps"] and "not independent" in ver["note"]
+    assert "scan after repair" in (out / "report.md").read_text()
