@@ -417,8 +417,9 @@ def mitigation_section(results: str | os.PathLike, doc: Doc, records: Sequence[d
           "class). A repair that only moves the backdoor to a new label shows a low ASR and a high ASR any.")
     if verified:
         doc.p("Scan after repair: the verdict of a detector run on the repaired model (`verify`), the check a user "
-              "without the trigger can make; * marks a detector of the repair's own family, which it is trained "
-              "to pass.")
+              "without the trigger can make. * marks a verdict that says little: the detector did not flag the "
+              "model before the repair either, or it belongs to the repair's own family, which the repair is "
+              "trained to pass (the record's `note` says which).")
     if noise:
         doc.p("BAN noise on target: in BAN's scan of the model, the share of predictions under adversarial neuron "
               "noise (no mask) that went to the true target. BAN fine-tuning unlearns what that noise activates.")

@@ -176,14 +176,14 @@ def test_verify_repair_flags_a_repair_that_kept_the_backdoor(tiny_zoo, test_set)
     ver = verify_repair(bd, kept, data, "nc", NC_QUICK, method="ft")
     assert ver["before"]["verdict"] == ver["after"]["verdict"] == "backdoored", ver
     assert ver["before"]["target"] == ver["after"]["target"] == tiny_zoo.target
-    assert ver["still_flagged"] and ver["note"] is None
+    assert ver["still_flagged"] and ver["note"] is None  # flagged before: informative; NC is not FT's family
     again = verify_repair(bd, kept, data, "nc", NC_QUICK, method="ft", before=ver["before"])
     assert again["before"] == ver["before"]  # reused as given
     assert {**again["after"], "seconds": 0} == {**ver["after"], "seconds": 0}  # same seed, same scan
     # a clean model is not flagged before, so there is nothing left to flag after
     clean = verify_repair(tiny_zoo.clean, tiny_zoo.clean, data, "nc", NC_QUICK, method="ban")
     assert clean["before"]["verdict"] == "clean" and not clean["still_flagged"]
-    assert "not independent" not in str(clean["note"])  # NC does not judge a BAN repair by its own noise
+    assert clean["note"].startswith("uninformative")  # and NC does not judge a BAN repair by its own noise
     few, _ = data.split(400, seed=0)
     own = verify_repair(bd, bd, few, "ban", {"n_eval": 200, "mask_steps": 5}, method="ban_scan")
     assert own["params"]["n_opt"] == 200  # 400 images cannot hold BAN's default n_opt=500: halved
@@ -220,7 +220,8 @@ def test_cli_writes_new_file_and_card_and_leaves_input_alone(tiny_zoo, tmp_path,
     assert 0 <= card["evaluation"]["BA_before"] <= 1 and 0 <= card["evaluation"]["BA_after"] <= 1
     assert {"banscan", "torch"} <= set(card["versions"]) and "total" in card["timings"]
     ver = card["verification"]
-    assert ver["detector"] == "nc" and ver["params"]["n_epochs"] == 1 and ver["note"] is None
+    assert ver["detector"] == "nc" and ver["params"]["n_epochs"] == 1
+    assert (ver["note"] is None) == (ver["before"]["verdict"] == "backdoored")  # a clean "before" says nothing
     assert {"verdict", "score", "threshold", "target", "seconds"} <= set(ver["before"]) == set(ver["after"])
     assert "nc scan: before" in capsys.readouterr().out
 

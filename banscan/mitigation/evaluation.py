@@ -124,12 +124,15 @@ def verify_repair(model_before: nn.Module, model_after: nn.Module, data: ImageDa
                   ) -> dict[str, Any]:
     """Scan the model before and after a repair with one detector on the same clean data.
 
-    A user without the trigger cannot measure ASR; this is the check left to them. A backdoor that the detector
-    finds before and still finds after (same class) has not been removed. Use a detector independent of the
-    repair: BAN fine-tuning trains the model to resist exactly the noise BAN's scan applies, so a BAN scan passes
-    a BAN repair whether or not the backdoor is gone (measured on a BadNets model whose ASR stayed at 0.92: BAN's
-    scan called it clean, Neural Cleanse still flagged its target). ``method`` (the repair's name) adds that
-    warning to the result when the two are of one family.
+    A user without the trigger cannot measure ASR; this is the check left to them, and it is one-sided. A
+    backdoor that the detector finds before and still finds after (same class) has not been removed. A clean
+    verdict after is weaker evidence: it says nothing when the detector missed the backdoor before, and a
+    partly removed backdoor can pass (measured on this repository's zoo: ``benchmarks/RESULTS.md``). Use a
+    detector independent of the repair: BAN fine-tuning trains the model to resist exactly the noise BAN's scan
+    applies, so a BAN scan passes a BAN repair whether or not the backdoor is gone (measured on a BadNets model
+    whose ASR stayed at 0.92: BAN's scan called it clean, Neural Cleanse still flagged its target). ``note`` says
+    when the detector and the repair (``method``) are of one family, or the detector did not flag the model
+    before.
 
     ``n_opt`` is lowered to half the images when ``data`` is too small for the detector's default. Returns
     ``{"detector", "params", "before": {...}, "after": {...}, "still_flagged", "note"}``, each side with the
@@ -153,8 +156,13 @@ def verify_repair(model_before: nn.Module, model_after: nn.Module, data: ImageDa
                     "seconds": r.timings.get("total")}
     b, a = out["before"], out["after"]
     out["still_flagged"] = b["verdict"] == a["verdict"] == "backdoored" and b["target"] == a["target"]
-    out["note"] = (f"not independent: {method} is trained against the {detector} scan's own noise, so passing it "
-                   "is no evidence that the backdoor is gone" if method in _SAME_FAMILY.get(detector, ()) else None)
+    notes = []
+    if method in _SAME_FAMILY.get(detector, ()):
+        notes.append(f"not independent: {method} is trained against the {detector} scan's own noise, so passing "
+                     "it is no evidence that the backdoor is gone")
+    if b["verdict"] != "backdoored":
+        notes.append(f"uninformative: {detector} did not flag the model before the repair either")
+    out["note"] = "; ".join(notes) or None
     return out
 
 
