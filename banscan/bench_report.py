@@ -405,8 +405,8 @@ def mitigation_section(results: str | os.PathLike, doc: Doc, records: Sequence[d
         v = r.get("verify")
         if not v:
             return "–"
-        a = v["after"]
-        return f"{v['detector']}: {a['verdict']} (class {a['target']})" + (" *" if v.get("note") else "")
+        a, weak = v["after"], v.get("note") or v.get("before", {}).get("verdict") != "backdoored"
+        return f"{v['detector']}: {a['verdict']} (class {a['target']})" + (" *" if weak else "")
 
     noise = _noise_on_true_target(records)
     verified = any(r.get("verify") for r in last.values())

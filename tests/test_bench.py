@@ -273,7 +273,8 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
          "ASR_after": 0.05, "RA_after": 0.85, "time_s": 3.2}) + "\n" + json.dumps(
         {"model": "m2-badnets", "method": "ft", "BA_before": 0.9, "BA_after": 0.89, "ASR_before": 1.0,
          "ASR_after": 0.97, "RA_after": 0.02, "time_s": 1.1,
-         "verify": {"detector": "nc", "after": {"verdict": "backdoored", "target": 0}, "note": None}}) + "\n")
+         "verify": {"detector": "nc", "before": {"verdict": "backdoored", "target": 0},
+                    "after": {"verdict": "backdoored", "target": 0}, "note": None}}) + "\n")
     assert _bench_cli(["bench", "report", "--results", str(out), "--bootstrap", "20"]) == 0
     md = (out / "report.md").read_text()
     assert "## Mitigation" in md and (out / "plots" / "repair_vs_noise.png").stat().st_size > 1000
