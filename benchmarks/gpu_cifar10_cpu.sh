@@ -3,6 +3,7 @@
 # The CPU path is benchmarks/bench_cifar10_cpu.sh; this is the same work in minutes on a GPU.
 #   bash benchmarks/gpu_cifar10_cpu.sh build  ROOT [SHARDS]       -> ROOT/zoo, ROOT/zoo-variants, ROOT/*.log
 #   bash benchmarks/gpu_cifar10_cpu.sh repair ROOT [SECONDS]      -> ROOT/res/{mit-*,bench-ban,bench-ban-noise-r5}/*.jsonl
+#     (REPAIR_METHODS="btidbf_u" runs only the repairs the CPU could not)
 #   bash benchmarks/gpu_cifar10_cpu.sh scan   ROOT [SECONDS]      -> ROOT/res/bench-{btidbf,nc,featurere}-{a,b}
 #     (SCAN_METHODS="btidbf featurere" leaves out NC, which has run on this zoo on the CPU)
 # Each phase runs its jobs as parallel processes on the one GPU (small models leave it mostly idle otherwise),
@@ -40,7 +41,7 @@ if [ "$cmd" = build ]; then
 elif [ "$cmd" = repair ]; then
   secs=${3:-300}
   split_ids backdoored
-  for m in ban ban_scan ft anp btidbf_u; do
+  for m in ${REPAIR_METHODS:-ban ban_scan ft anp btidbf_u}; do
     for part in a b; do
       sel=${!part}
       [ -n "$sel" ] || continue
