@@ -405,6 +405,7 @@ def mitigation_section(results: str | os.PathLike, doc: Doc, records: Sequence[d
         v = r.get("verify")
         if not v:
             return "–"
+        # The verdict before is checked here too: records written before verify_repair noted it lack that note.
         a, weak = v["after"], v.get("note") or v.get("before", {}).get("verdict") != "backdoored"
         return f"{v['detector']}: {a['verdict']} (class {a['target']})" + (" *" if weak else "")
 

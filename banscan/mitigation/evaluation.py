@@ -265,7 +265,7 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
             elapsed = time.perf_counter() - t0
             ev = evaluate_mitigation(model, res.model, test, attack, device=dev)
             ver = None
-            if verify:
+            if verify is not None:
                 ver = verify_repair(model, res.model, defend, verify, verify_params, method, seed, dev, scan_before)
                 scan_before = ver["before"]
             run = {"model": card["id"], "method": method, "attack": card["attack"], "time_s": round(elapsed, 3),
