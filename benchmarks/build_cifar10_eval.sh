@@ -5,13 +5,15 @@
 # after an interruption; a finished model is never retrained. Progress: runs/build-eval/*.log.
 #
 # Usage: bash benchmarks/build_cifar10_eval.sh       (CIFAR-10 under $BANSCAN_DATA_DIR, default ../shared/data)
-# To keep editing the code while it runs, run it from a frozen checkout of one commit, e.g.
-#   git worktree add runs/src-build HEAD && PYTHONPATH=$PWD/runs/src-build nohup bash benchmarks/build_cifar10_eval.sh &
+# To keep editing the code while it runs, run it from a frozen checkout of one commit (it runs the banscan of the
+# folder it lies in), with absolute output folders:
+#   git worktree add runs/src-build HEAD
+#   DEV=$PWD/runs/zoo-dev EVAL=$PWD/runs/zoo-eval LOG=$PWD/runs/build-eval nohup bash runs/src-build/benchmarks/build_cifar10_eval.sh &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="${DEV:-runs/zoo-dev}"
 EVAL="${EVAL:-runs/zoo-eval}"
-LOG=runs/build-eval
+LOG="${LOG:-runs/build-eval}"
 mkdir -p "$LOG"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for k in 0 1; do
