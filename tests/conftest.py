@@ -19,6 +19,9 @@ from banscan.train import TrainConfig, accuracy, predict, train_model
 
 # The test machines are small and shared: one intra-op thread is several times faster than oversubscribing.
 torch.set_num_threads(int(os.environ.get("BANSCAN_TEST_THREADS", "1")))
+# The tiny models' training seed. Their weights also depend on the CPU's floating-point path, so the efficacy
+# checks must hold for any seed: run the suite with a few values to check that they do not rest on one lucky model.
+TINY_SEED = int(os.environ.get("BANSCAN_TEST_SEED", "0"))
 
 TINY_CLASSES = 5
 TINY_SIZE = 16
@@ -35,7 +38,7 @@ def badnets_patch(x01: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def badnets_hook(target: int, every: int = 5):
+def badnets_hook(target: int, every: int = 3):
     """Poison every ``every``-th training image (by dataset index): patch it and relabel it ``target``."""
 
     def hook(x01: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, gen: torch.Generator):
@@ -66,10 +69,10 @@ def tiny_data() -> ImageData:
 @pytest.fixture(scope="session")
 def tiny_zoo(tiny_data: ImageData) -> TinyZoo:
     train = make_synthetic(1000, TINY_CLASSES, TINY_SIZE, seed=0)
-    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.1, seed=0, amp=False, channels_last=False)
+    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.1, seed=TINY_SEED, amp=False, channels_last=False)
     arch, kw = TINY_ARCH
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(TINY_SEED)
         clean = create_model(arch, TINY_CLASSES, **kw)
         bd = create_model(arch, TINY_CLASSES, **kw)
     train_model(clean, train, cfg)

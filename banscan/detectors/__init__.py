@@ -36,7 +36,8 @@ def get_detector(name: str, **params) -> Detector:
 from .ban import BAN  # noqa: E402
 from .btidbf import BTIDBF  # noqa: E402
 from .featurere import FeatureRE  # noqa: E402
+from .mmbd import MMBD  # noqa: E402
 from .nc import NeuralCleanse  # noqa: E402
 
-__all__ = ["BAN", "BTIDBF", "FeatureRE", "NeuralCleanse", "DetectionResult", "Detector", "Evidence",
+__all__ = ["BAN", "BTIDBF", "FeatureRE", "MMBD", "NeuralCleanse", "DetectionResult", "Detector", "Evidence",
            "calibrate_threshold", "get_detector", "list_detectors", "register_detector"]

@@ -29,6 +29,7 @@ Deliberate departures from the official code (``docs/ban-method.md`` section 6),
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,11 @@ from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
 from ..train import cpu_has_bf16
 from . import register_detector
 from ._base import Detector, Evidence, class_hist
+from ._outlier import mad_index, max_class_pvalue
 
 log = logging.getLogger(__name__)
 _BN_MODES = ("recalibrate", "official", "frozen")
+_STATISTICS = ("negmask", "noise", "classwise")
 
 
 @register_detector("ban")
@@ -65,7 +68,10 @@ class BAN(Detector):
         batch_size: mini-batch size of every phase.
         split_layer: split point for models without ``forward_features``/``forward_head``.
         statistic: ``"negmask"`` (the paper's decision pass: noise on, negative mask) or ``"noise"`` (noise on,
-            no mask: the share of the class the noise alone pushes clean images to). Both are always in ``stats``.
+            no mask: the share of the class the noise alone pushes clean images to); both are always in
+            ``stats``. ``"classwise"``: noise aimed at each class in turn (see ``class_steps``); the score is
+            ``-log10`` of the p-value that the class it reaches most easily is an outlier among the model's own
+            classes (no mask, no untargeted noise; ``stats["classwise"]`` holds every class's rates).
         amp: bfloat16 autocast for the network passes; ``None`` turns it on for CUDA and for CPUs with
             native bfloat16 (AVX512-BF16/AMX), where it roughly halves the time.
         restarts: independent noise fits, each from its own random start and judged on its own disjoint slice of
@@ -73,6 +79,10 @@ class BAN(Detector):
             same target, while a clean model's noise drifts to different classes, so pooling lowers clean
             models' scores more than backdoored ones' (``stats["restart_targets"]`` lists each restart's class).
             The noise phase costs ``restarts`` times as much; the decision pass costs the same.
+        class_steps: with ``statistic="classwise"``, signed-gradient steps (size ``2 * eps / class_steps``) of
+            the noise aimed at each class, on the optimisation images of the other classes.
+        n_class_eval: with ``statistic="classwise"``, evaluation images on which each class's noise is judged
+            (stratified; the images of the aimed class itself are left out).
 
     Example:
         >>> from banscan import BAN, create_model, ImageData
@@ -95,7 +105,8 @@ class BAN(Detector):
                  mask_lambda: float = 0.75, mask_lr: float = 0.01, mask_steps: int = 400, l1: str = "official",
                  seed: int = 0, threshold: float | None = None, n_opt: int = 500, n_eval: int = 5000,
                  batch_size: int = 128, split_layer: str | None = None, statistic: str = "negmask",
-                 amp: bool | None = None, restarts: int = 1) -> None:
+                 amp: bool | None = None, restarts: int = 1, class_steps: int = 10,
+                 n_class_eval: int = 1000) -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.project = project
@@ -113,17 +124,20 @@ class BAN(Detector):
         self.statistic = statistic
         self.amp = amp
         self.restarts = restarts
+        self.class_steps = class_steps
+        self.n_class_eval = n_class_eval
 
     def _validate(self) -> None:
         if self.bn_mode not in _BN_MODES:
             raise BanscanError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
-        if self.statistic not in ("negmask", "noise"):
-            raise BanscanError(f"statistic must be 'negmask' or 'noise', got {self.statistic!r}")
+        if self.statistic not in _STATISTICS:
+            raise BanscanError(f"statistic must be one of {_STATISTICS}, got {self.statistic!r}")
         if self.l1 not in ("official", "mean"):
             raise BanscanError(f"l1 must be 'official' or 'mean', got {self.l1!r}")
-        if not self.eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1 or self.restarts < 1:
-            raise BanscanError(
-                f"need eps > 0, n_steps >= 1, mask_steps >= 0, batch_size >= 1, restarts >= 1; got {self!r}")
+        if not self.eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1 or self.restarts < 1 \
+                or self.class_steps < 1 or self.n_class_eval < 1:
+            raise BanscanError(f"need eps > 0, n_steps, batch_size, restarts, class_steps, n_class_eval >= 1 and "
+                               f"mask_steps >= 0; got {self!r}")
 
     def _use_amp(self, device: torch.device) -> bool:
         if self.amp is not None:
@@ -208,10 +222,68 @@ class BAN(Detector):
             recalibrate_bn(net, fwd, (x for x, _ in opt.batches(self.batch_size * 2, device)))
         return losses
 
+    def classwise_rates(self, net: SplitModel, opt: ImageData, evl: ImageData, gen: torch.Generator,
+                        device: torch.device) -> torch.Tensor:
+        """``R[t, j]``: the share of class-``j`` evaluation images sent to class ``t`` by noise aimed at ``t``.
+
+        For each class ``t`` the noise starts at a random point of ``[-eps, eps]`` and takes ``class_steps``
+        signed-gradient steps that lower the cross-entropy towards ``t`` on optimisation images of the other
+        classes, with BatchNorm normalising by batch statistics (running statistics untouched); it is then judged
+        the same way, on evaluation images of the other classes. ``R[t, t]`` is NaN.
+        """
+        k = net.num_classes
+        step = 2 * self.eps / self.class_steps
+        ev = evl.subset(torch.arange(min(self.n_class_eval, len(evl))))  # a stratified prefix
+        rates = torch.full((k, k), float("nan"))
+        noise = NeuronNoise(net.model, self.eps)
+        noise.set_enabled(True)
+        for t in progress(range(k), "classwise"):
+            src = opt.subset(torch.nonzero(opt.y != t).flatten())
+            noise.reset(gen)
+            with bn_batch_stats(net):
+                for _ in range(self.class_steps):
+                    idx = torch.randint(0, len(src), (min(self.batch_size, len(src)),), generator=gen)
+                    x, _ = next(src.subset(idx).batches(len(idx), device))
+                    tgt = torch.full((len(idx),), t, device=device)
+
+                    def loss() -> torch.Tensor:
+                        with self._autocast(device):
+                            return -F.cross_entropy(net(x).float(), tgt)
+                    noise.ascend(loss, step, project=True)
+                judged = ev.subset(torch.nonzero(ev.y != t).flatten())
+                hits, counts = torch.zeros(k), torch.zeros(k)
+                with torch.inference_mode(), self._autocast(device):
+                    for x, y in judged.batches(self.batch_size * 2, device):
+                        hit = (net(x).argmax(1) == t).float().cpu()
+                        hits.index_add_(0, y.cpu(), hit)
+                        counts.index_add_(0, y.cpu(), torch.ones_like(hit))
+            rates[t] = torch.where(counts > 0, hits / counts.clamp(min=1), torch.nan)
+            rates[t, t] = float("nan")
+        noise.remove()
+        return rates
+
+    def _detect_classwise(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
+                          gen: torch.Generator, device: torch.device) -> Evidence:
+        with timer.phase("classwise"):
+            rates = self.classwise_rates(net, opt, evl, gen, device)
+        per_class = rates.nanmean(1)
+        target = int(per_class.argmax())
+        p = max_class_pvalue(per_class.tolist())
+        stats = {
+            "classwise": {"rates": rates.tolist(), "mean": per_class.tolist(),
+                          "median": rates.nanmedian(1).values.tolist(),
+                          "min": torch.where(rates.isnan(), torch.inf, rates).min(1).values.tolist()},
+            "pvalue": p, "mad_index": mad_index(per_class.tolist()), "share_target": float(per_class[target]),
+            "n_class_eval": min(self.n_class_eval, len(evl)), "amp": self._use_amp(device),
+        }
+        return Evidence(score=-math.log10(max(p, 1e-300)), target=target, stats=stats)
+
     # ---------------------------------------------------------------- main
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
         self._validate()
+        if self.statistic == "classwise":
+            return self._detect_classwise(net, opt, evl, timer, gen, device)
         k = net.num_classes
 
         with timer.phase("features"):

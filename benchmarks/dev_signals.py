@@ -1,0 +1,122 @@
+"""Candidate detector signals on a development zoo: one scan per (model, candidate), full statistics kept.
+
+Used to choose banscan's default verdict (issue 13) on `cifar10-dev` only; every record keeps the detector's
+whole ``stats`` (e.g. the class-wise rate matrix), so that aggregations can be compared without rescanning.
+Resumable: a (model, candidate) pair already in the output is skipped. One thread per process is the rule here.
+
+    OMP_NUM_THREADS=1 python benchmarks/dev_signals.py --zoo runs/zoo-dev --out benchmarks/results/cifar10-dev/signals.jsonl \
+        [--candidates ban-noise-r5,ban-classwise,...] [--analyze]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CANDIDATES = {
+    "ban-negmask": ("ban", {}),
+    "ban-noise-r5": ("ban", {"statistic": "noise", "restarts": 5}),
+    "ban-classwise": ("ban", {"statistic": "classwise"}),
+    "ban-classwise-s30": ("ban", {"statistic": "classwise", "class_steps": 30}),
+    "ban-classwise-e05": ("ban", {"statistic": "classwise", "eps": 0.5}),
+    "mmbd": ("mmbd", {}),
+    "mmbd-fast": ("mmbd", {"n_images": 10, "n_steps": 100}),
+    "weights": (None, {}),
+}
+
+
+def weight_signal(model: torch.nn.Module) -> dict:
+    """Per-class statistics of the last linear layer (no data, no optimisation)."""
+    from banscan.detectors._outlier import mad_index, max_class_pvalue
+
+    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    w = lin.weight.detach().float()
+    norms = w.norm(dim=1)
+    out = {"row_norm": norms.tolist(), "bias": None if lin.bias is None else lin.bias.detach().float().tolist()}
+    p = max_class_pvalue(norms.tolist())
+    out.update(pvalue=p, mad_index=mad_index(norms.tolist()))
+    return {"score": -math.log10(max(p, 1e-300)), "target": int(norms.argmax()), "stats": out, "timings": {}}
+
+
+def scan(zoo: str, out: Path, names: list[str], seed: int) -> None:
+    from banscan.detectors import get_detector
+    from banscan.zoo import defender_data, load_manifest, load_zoo_model
+
+    done = set()
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done.add((r["model"], r["candidate"]))
+    cards = [c for c in load_manifest(zoo)["models"] if c.get("status") == "ok"]
+    data = defender_data(zoo)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        method, params = CANDIDATES[name]
+        for card in cards:
+            if (card["id"], name) in done:
+                continue
+            model = load_zoo_model(zoo, card)
+            t0 = time.perf_counter()
+            if method is None:
+                r = weight_signal(model)
+            else:
+                res = get_detector(method, seed=seed, **params).detect(model, data, device="cpu")
+                r = {"score": res.score, "target": res.target, "stats": res.stats, "timings": res.timings,
+                     "config": res.config}
+            rec = {"model": card["id"], "candidate": name, "attack": card["attack"], "true_target": card["target"],
+                   "arch": card["arch"], "BA": card["BA"], "ASR": card["ASR"], "wall_s": time.perf_counter() - t0,
+                   "seed": seed, **r}
+            with out.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+            print(f"{name:20s} {card['id']:34s} score={r['score']:.3f} target={r['target']} "
+                  f"(true {card['target']}) {rec['wall_s']:.1f}s", flush=True)
+
+
+def _auroc(pos: list[float], neg: list[float]) -> float:
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg)) if pos and neg else float("nan")
+
+
+def analyze(out: Path) -> None:
+    recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    by = {}
+    for r in recs:
+        by.setdefault(r["candidate"], []).append(r)
+    for name, rs in by.items():
+        clean = [r["score"] for r in rs if not r["attack"]]
+        bd = [r for r in rs if r["attack"]]
+        right = sum(r["target"] == r["true_target"] for r in bd)
+        print(f"\n== {name}: AUROC {_auroc([r['score'] for r in bd], clean):.3f}, target right {right}/{len(bd)}, "
+              f"{np.mean([r['wall_s'] for r in rs]):.1f} s/model")
+        for r in sorted(rs, key=lambda r: -r["score"]):
+            print(f"  {r['model']:34s} {r['score']:8.3f}  target {r['target']} (true {r['true_target']})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--analyze", action="store_true", help="only print the table of what is in --out")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.analyze:
+        names = [n for n in args.candidates.split(",") if n]
+        bad = [n for n in names if n not in CANDIDATES]
+        if bad:
+            raise SystemExit(f"unknown candidates {bad}; expected some of {sorted(CANDIDATES)}")
+        scan(args.zoo, out, names, args.seed)
+    analyze(out)
+
+
+if __name__ == "__main__":
+    main()
