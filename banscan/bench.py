@@ -15,7 +15,6 @@ The report (``report.md`` and ``report.html``) lives in :mod:`banscan.bench_repo
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import importlib
@@ -40,7 +39,7 @@ from ._utils import BanscanError
 log = logging.getLogger(__name__)
 
 __all__ = ["BenchConfig", "run_bench", "read_jsonl", "load_records", "auroc", "average_precision", "roc_points",
-           "tpr_at_fpr", "bootstrap_ci", "fit_thresholds", "compute_metrics", "add_cli"]
+           "tpr_at_fpr", "bootstrap_ci", "fit_thresholds", "compute_metrics"]
 
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.jsonl"
@@ -641,91 +640,3 @@ def run_bench(cfg: BenchConfig, argv: Sequence[str] | None = None) -> dict[str, 
             counts["scanned"] += 1
             log.info("%s %s: score %.4f target %s (%.1fs)", card["id"], m, r.score, r.target, wall)
     return counts
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-def _report_args(p: Any) -> None:
-    p.add_argument("--fpr", type=float, default=0.05, help="false-positive budget of the clean-fitted threshold")
-    p.add_argument("--calibration", default="loo", help="loo | kfold:K | holdout:F (clean models only)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")
-
-
-def add_cli(sub: Any) -> None:
-    p = sub.add_parser("bench", help="scan a whole zoo with several detectors; metrics and report",
-                       description="Scan every model of a zoo with every method (resumable), then write "
-                                   "RESULTS/report.md and report.html. `banscan bench report --results R` "
-                                   "rebuilds the report from the results alone.")
-    p.add_argument("--zoo", help="zoo folder written by `banscan zoo build`")
-    p.add_argument("--methods", default="ban", help="comma-separated detectors, e.g. ban,btidbf,nc,featurere")
-    p.add_argument("--out", help="results folder (results.jsonl, runs.jsonl, report.*)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
-    p.add_argument("--method-params", default=None,
-                   help='JSON object (or file) of per-method parameters, e.g. \'{"ban": {"n_steps": 10}}\'')
-    p.add_argument("--models", default=None, help="comma-separated model ids (default: every model with status ok)")
-    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report at the end")
-    p.add_argument("--mitigate", default=None, metavar="METHODS",
-                   help="also repair every backdoored model with these mitigations (e.g. ban,ft,anp,btidbf_u); "
-                        "BA/ASR before and after go to RESULTS/mitigation.jsonl and the report")
-    p.add_argument("--mitigate-images", type=int, default=None,
-                   help="repair with this many defender images (the BAN paper: 2500, 5%% of CIFAR-10); default all")
-    p.add_argument("--mitigate-params", default=None,
-                   help='JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
-    p.add_argument("--mitigate-verify", default=None, metavar="DETECTOR",
-                   help="scan every model before and after its repair with this detector (e.g. nc), with its "
-                        "--method-params if given; the verdicts go to the records and the report")
-    _report_args(p)
-    p.set_defaults(func=_cmd_bench)
-    bsub = p.add_subparsers(dest="bench_command", metavar="{report}")
-    r = bsub.add_parser("report", help="write report.md and report.html from RESULTS/results.jsonl")
-    r.add_argument("--results", required=True, help="results folder of `banscan bench`")
-    r.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: the runs' seed)")
-    _report_args(r)
-    r.set_defaults(func=_cmd_report)
-
-
-def _cmd_bench(args: Any) -> int:
-    if not args.zoo or not args.out:
-        raise BanscanError("banscan bench needs --zoo DIR and --out RESULTS (or: banscan bench report --results R)")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    cfg = BenchConfig(zoo=args.zoo, methods=methods, out=args.out, seed=args.seed, device=args.device,
-                      method_params=_parse_method_params(args.method_params, methods),
-                      models=tuple(s.strip() for s in args.models.split(",")) if args.models else None)
-    _parse_scheme(args.calibration)
-    counts = run_bench(cfg, argv=_command_line(args))
-    print(f"scanned {counts['scanned']}, already done {counts['skipped']}, errors {counts['errors']} "
-          f"-> {Path(args.out) / RESULTS_NAME}")
-    if args.mitigate:
-        from .mitigation.evaluation import mitigate_zoo
-
-        mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
-        params = _parse_method_params(args.mitigate_params, mit, "--mitigate-params")
-        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=params, ids=cfg.models, seed=args.seed,
-                            device=args.device, n_images=args.mitigate_images, verify=args.mitigate_verify,
-                            verify_params=cfg.method_params.get(args.mitigate_verify or "", {}))
-        print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
-    if args.report:
-        return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
-                                       bootstrap=args.bootstrap, seed=args.seed))
-    return 0
-
-
-def _command_line(args: Any) -> list[str]:
-    """The scan's command line rebuilt from the parsed arguments (equivalent to what was typed)."""
-    argv = ["banscan", "bench", "--zoo", args.zoo, "--methods", args.methods, "--out", args.out, "--seed",
-            str(args.seed)]
-    for flag, val in (("--device", args.device), ("--method-params", args.method_params), ("--models", args.models),
-                      ("--mitigate", args.mitigate), ("--mitigate-params", args.mitigate_params),
-                      ("--mitigate-images", args.mitigate_images), ("--mitigate-verify", args.mitigate_verify)):
-        if val is not None:
-            argv += [flag, str(val)]
-    return argv
-
-
-def _cmd_report(args: Any) -> int:
-    from .bench_report import write_report
-
-    md, html = write_report(args.results, fpr=args.fpr, calibration=args.calibration, n_boot=args.bootstrap,
-                            seed=args.seed)
-    print(f"report: {md}\nreport: {html}")
-    return 0

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,208 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ zoo
+def _fmt_card(card: Mapping[str, Any]) -> str:
+    asr = "-" if card.get("ASR") is None else f"{card['ASR']:.3f}"
+    s = f"{card['id']:<40s} {card['status']:<6s} BA {card['BA']:.3f} ASR {asr}"
+    return s + (f"  ({card['failure']})" if card.get("failure") else "")
+
+
+def _cmd_zoo_build(args: argparse.Namespace) -> int:
+    from .zoo import build_zoo
+
+    def report(i: int, n: int, card: dict[str, Any], reused: bool) -> None:
+        extra = "  [already built]" if reused else f"  {card.get('train_time_s', 0):.1f}s"
+        print(f"[{i}/{n}] {_fmt_card(card)}{extra}", flush=True)
+
+    shard = None
+    if args.shard:
+        try:
+            k, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise BanscanError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
+        shard = (k, n)
+    m = build_zoo(args.spec, args.out, device=args.device, retry_failed=args.retry_failed, on_model=report,
+                  shard=shard)
+    n_ok = sum(c["status"] == "ok" for c in m["models"])
+    print(f"zoo written to {args.out}: {n_ok}/{len(m['models'])} models passed the gate "
+          f"(defender split: {m['defender_split']['size']} held-out images)"
+          + ("" if m["complete"] else "; not complete yet (other shards still building)"))
+    return 0
+
+
+def _cmd_zoo_eval(args: argparse.Namespace) -> int:
+    from .zoo import _write_json, evaluate_zoo
+
+    rows = evaluate_zoo(args.dir, device=args.device, data_dir=args.data_dir)
+    for r in rows:
+        asr = "-" if r["ASR"] is None else f"{r['ASR']:.3f}"
+        casr = "-" if r["card_ASR"] is None else f"{r['card_ASR']:.3f}"
+        print(f"{r['id']:<40s} BA {r['BA']:.3f} (card {r['card_BA']:.3f})  ASR {asr} (card {casr})")
+    if args.json:
+        _write_json(Path(args.json), rows)
+    return 0
+
+
+def _add_zoo_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .zoo import shipped_specs
+
+    p = subparsers.add_parser("zoo", help="build or evaluate a zoo of clean and backdoored models")
+    sub = p.add_subparsers(dest="zoo_command", required=True)
+    b = sub.add_parser("build", help="train the models a spec lists (resumes an interrupted build)")
+    b.add_argument("spec", help=f"spec file (.toml/.yaml) or shipped spec name ({', '.join(shipped_specs())})")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
+    b.add_argument("--retry-failed", action="store_true", help="retrain models the quality gate rejected")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="train only every N-th model starting at I (0-based), to run N builds in parallel "
+                        "into one --out; finish with one run without --shard")
+    b.set_defaults(func=_cmd_zoo_build)
+    e = sub.add_parser("eval", help="recompute BA and ASR of every model in a zoo")
+    e.add_argument("dir", help="zoo folder (holding manifest.json)")
+    e.add_argument("--device", default=None)
+    e.add_argument("--data-dir", default=None, help="dataset folder, if it moved since the build")
+    e.add_argument("--json", default=None, help="write the rows here")
+    e.set_defaults(func=_cmd_zoo_eval)
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fpr", type=float, default=0.05, help="false-positive budget of the clean-fitted threshold")
+    p.add_argument("--calibration", default="loo", help="loo | kfold:K | holdout:F (clean models only)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0: none)")
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="scan a whole zoo with several detectors; metrics and report",
+                       description="Scan every model of a zoo with every method (resumable), then write "
+                                   "RESULTS/report.md and report.html. `banscan bench report --results R` "
+                                   "rebuilds the report from the results alone.")
+    p.add_argument("--zoo", help="zoo folder written by `banscan zoo build`")
+    p.add_argument("--methods", default="ban", help="comma-separated detectors, e.g. ban,btidbf,nc,featurere")
+    p.add_argument("--out", help="results folder (results.jsonl, runs.jsonl, report.*)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--method-params", default=None,
+                   help='JSON object (or file) of per-method parameters, e.g. \'{"ban": {"n_steps": 10}}\'')
+    p.add_argument("--models", default=None, help="comma-separated model ids (default: every model with status ok)")
+    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report at the end")
+    p.add_argument("--mitigate", default=None, metavar="METHODS",
+                   help="also repair every backdoored model with these mitigations (e.g. ban,ft,anp,btidbf_u); "
+                        "BA/ASR before and after go to RESULTS/mitigation.jsonl and the report")
+    p.add_argument("--mitigate-images", type=int, default=None,
+                   help="repair with this many defender images (the BAN paper: 2500, 5%% of CIFAR-10); default all")
+    p.add_argument("--mitigate-params", default=None,
+                   help='JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
+    p.add_argument("--mitigate-verify", default=None, metavar="DETECTOR",
+                   help="scan every model before and after its repair with this detector (e.g. nc), with its "
+                        "--method-params if given; the verdicts go to the records and the report")
+    _report_args(p)
+    p.set_defaults(func=_cmd_bench)
+    bsub = p.add_subparsers(dest="bench_command", metavar="{report}")
+    r = bsub.add_parser("report", help="write report.md and report.html from RESULTS/results.jsonl")
+    r.add_argument("--results", required=True, help="results folder of `banscan bench`")
+    r.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: the runs' seed)")
+    _report_args(r)
+    r.set_defaults(func=_cmd_report)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import MITIGATION_NAME, RESULTS_NAME, BenchConfig, _parse_method_params, _parse_scheme, run_bench
+
+    if not args.zoo or not args.out:
+        raise BanscanError("banscan bench needs --zoo DIR and --out RESULTS (or: banscan bench report --results R)")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    cfg = BenchConfig(zoo=args.zoo, methods=methods, out=args.out, seed=args.seed, device=args.device,
+                      method_params=_parse_method_params(args.method_params, methods),
+                      models=tuple(s.strip() for s in args.models.split(",")) if args.models else None)
+    _parse_scheme(args.calibration)
+    counts = run_bench(cfg, argv=_command_line(args))
+    print(f"scanned {counts['scanned']}, already done {counts['skipped']}, errors {counts['errors']} "
+          f"-> {Path(args.out) / RESULTS_NAME}")
+    if args.mitigate:
+        from .mitigation import mitigate_zoo
+
+        mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
+        params = _parse_method_params(args.mitigate_params, mit, "--mitigate-params")
+        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=params, ids=cfg.models, seed=args.seed,
+                            device=args.device, n_images=args.mitigate_images, verify=args.mitigate_verify,
+                            verify_params=cfg.method_params.get(args.mitigate_verify or "", {}))
+        print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
+    if args.report:
+        return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
+                                       bootstrap=args.bootstrap, seed=args.seed))
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """The scan's command line rebuilt from the parsed arguments (equivalent to what was typed)."""
+    argv = ["banscan", "bench", "--zoo", args.zoo, "--methods", args.methods, "--out", args.out, "--seed",
+            str(args.seed)]
+    for flag, val in (("--device", args.device), ("--method-params", args.method_params), ("--models", args.models),
+                      ("--mitigate", args.mitigate), ("--mitigate-params", args.mitigate_params),
+                      ("--mitigate-images", args.mitigate_images), ("--mitigate-verify", args.mitigate_verify)):
+        if val is not None:
+            argv += [flag, str(val)]
+    return argv
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .bench_report import write_report
+
+    md, html = write_report(args.results, fpr=args.fpr, calibration=args.calibration, n_boot=args.bootstrap,
+                            seed=args.seed)
+    print(f"report: {md}\nreport: {html}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- mitigate
+def _cmd_mitigate(args: argparse.Namespace) -> int:
+    from .mitigation import mitigate_file
+    from .models import parse_kwargs
+
+    params = parse_kwargs(args.params)
+    if args.epochs is not None:
+        params["epochs"] = args.epochs
+    card = mitigate_file(args.arch, args.weights, args.data, args.out, method=args.method,
+                         arch_kwargs=parse_kwargs(args.arch_kwargs), num_classes=args.num_classes, mean=args.mean,
+                         std=args.std, params=params, holdout=args.holdout, seed=args.seed, device=args.device,
+                         data_split=args.data_split, input_size=args.input_size, verify=args.verify,
+                         verify_params=parse_kwargs(args.verify_params))
+    ev = card["evaluation"]
+    print(f"{args.method}: BA on {ev['n']} held-out images {ev['BA_before']:.4f} -> {ev['BA_after']:.4f}  "
+          f"time={card['timings'].get('total', 0):.1f}s")
+    ver = card["verification"]
+    if ver is not None:
+        b, a = ver["before"], ver["after"]
+        print(f"{ver['detector']} scan: before {b['verdict']} (score {b['score']:.3f}, class {b['target']}) -> "
+              f"after {a['verdict']} (score {a['score']:.3f}, class {a['target']})")
+        if ver["still_flagged"]:
+            print(f"WARNING: {ver['detector']} still finds a backdoor into class {a['target']}; the repair may "
+                  "not have removed it")
+        if ver["note"]:
+            print(f"NOTE: {ver['note']}")
+    print(f"weights written to {args.out}; model card {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+def _add_mitigate_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .detectors import list_detectors
+    from .mitigation import list_mitigations
+
+    p = subparsers.add_parser("mitigate", help="remove a backdoor: write a repaired copy of the model")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="repaired weights (.safetensors); the model card goes to OUT.json")
+    p.add_argument("--method", default="ban", choices=list_mitigations())
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (ban, ban_scan, ft; default 25)")
+    p.add_argument("--params", default="", help="method hyperparameters, e.g. lambda_rob=0.5,bn_mode=clean")
+    p.add_argument("--verify", default=None, choices=list_detectors(),
+                   help="scan before and after the repair with this detector (e.g. nc; not ban for ban repairs)")
+    p.add_argument("--verify-params", default="", help="that detector's hyperparameters, e.g. n_epochs=5")
+    p.add_argument("--holdout", type=float, default=0.1, help="share of --data held out to measure BA (0.1)")
+    p.set_defaults(func=_cmd_mitigate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import CIFAR10_MEAN, CIFAR10_STD
 
@@ -181,14 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered architectures")
     p.set_defaults(func=_cmd_models)
 
-    # Further subcommands register here, each from its own module's `add_cli(sub)`.
-    for mod in ("zoo", "bench", "mitigation"):
-        try:
-            module = __import__(f"banscan.{mod}", fromlist=["add_cli"])
-        except ImportError:
-            continue
-        if hasattr(module, "add_cli"):
-            module.add_cli(sub)
+    _add_zoo_parser(sub)
+    _add_bench_parser(sub)
+    _add_mitigate_parser(sub)
     return parser
 
 

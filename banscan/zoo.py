@@ -13,7 +13,6 @@ paper) that no zoo model ever trains on; :func:`defender_data` rebuilds it and c
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
@@ -32,7 +31,7 @@ from ._utils import BanscanError, json_safe, progress, resolve_device, versions
 from .data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_data
 
 __all__ = ["load_spec", "build_zoo", "evaluate_zoo", "load_manifest", "load_zoo_model", "defender_data",
-           "test_data", "attack_success_rate", "shipped_specs", "add_cli"]
+           "test_data", "attack_success_rate", "shipped_specs"]
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -484,63 +483,3 @@ def evaluate_zoo(zoo_dir: str | os.PathLike, device: str | torch.device | None =
         rows.append({"id": card["id"], "attack": card.get("attack"), "status": card.get("status"), "BA": ba,
                      "ASR": asr, "card_BA": card.get("BA"), "card_ASR": card.get("ASR")})
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def _fmt_card(card: Mapping[str, Any]) -> str:
-    asr = "-" if card.get("ASR") is None else f"{card['ASR']:.3f}"
-    s = f"{card['id']:<40s} {card['status']:<6s} BA {card['BA']:.3f} ASR {asr}"
-    return s + (f"  ({card['failure']})" if card.get("failure") else "")
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    def report(i: int, n: int, card: dict[str, Any], reused: bool) -> None:
-        extra = "  [already built]" if reused else f"  {card.get('train_time_s', 0):.1f}s"
-        print(f"[{i}/{n}] {_fmt_card(card)}{extra}", flush=True)
-
-    shard = None
-    if args.shard:
-        try:
-            k, n = (int(v) for v in args.shard.split("/"))
-        except ValueError:
-            raise BanscanError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
-        shard = (k, n)
-    m = build_zoo(args.spec, args.out, device=args.device, retry_failed=args.retry_failed, on_model=report,
-                  shard=shard)
-    n_ok = sum(c["status"] == "ok" for c in m["models"])
-    print(f"zoo written to {args.out}: {n_ok}/{len(m['models'])} models passed the gate "
-          f"(defender split: {m['defender_split']['size']} held-out images)"
-          + ("" if m["complete"] else "; not complete yet (other shards still building)"))
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    rows = evaluate_zoo(args.dir, device=args.device, data_dir=args.data_dir)
-    for r in rows:
-        asr = "-" if r["ASR"] is None else f"{r['ASR']:.3f}"
-        casr = "-" if r["card_ASR"] is None else f"{r['card_ASR']:.3f}"
-        print(f"{r['id']:<40s} BA {r['BA']:.3f} (card {r['card_BA']:.3f})  ASR {asr} (card {casr})")
-    if args.json:
-        _write_json(Path(args.json), rows)
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``banscan zoo build|eval``."""
-    p = subparsers.add_parser("zoo", help="build or evaluate a zoo of clean and backdoored models")
-    sub = p.add_subparsers(dest="zoo_command", required=True)
-    b = sub.add_parser("build", help="train the models a spec lists (resumes an interrupted build)")
-    b.add_argument("spec", help=f"spec file (.toml/.yaml) or shipped spec name ({', '.join(shipped_specs())})")
-    b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
-    b.add_argument("--retry-failed", action="store_true", help="retrain models the quality gate rejected")
-    b.add_argument("--shard", default=None, metavar="I/N",
-                   help="train only every N-th model starting at I (0-based), to run N builds in parallel "
-                        "into one --out; finish with one run without --shard")
-    b.set_defaults(func=_cmd_build)
-    e = sub.add_parser("eval", help="recompute BA and ASR of every model in a zoo")
-    e.add_argument("dir", help="zoo folder (holding manifest.json)")
-    e.add_argument("--device", default=None)
-    e.add_argument("--data-dir", default=None, help="dataset folder, if it moved since the build")
-    e.add_argument("--json", default=None, help="write the rows here")
-    e.set_defaults(func=_cmd_eval)

@@ -3,7 +3,6 @@ resumes, on a tiny zoo written by hand in the layout of docs/CONTRACTS.md."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import types
@@ -194,12 +193,14 @@ def _write_tiny_zoo(d: Path) -> None:
 
 
 def _stub_zoo_module() -> types.ModuleType:
-    """The three documented `banscan.zoo` helpers, for the handmade zoo (its defender data is regenerated)."""
+    """The documented `banscan.zoo` helpers the benchmark and its command line use, for the handmade zoo (its
+    defender data is regenerated)."""
     from banscan.checkpoints import load_weights
     from banscan.models import create_model
     from banscan.synthetic import make_synthetic
 
     mod = types.ModuleType("banscan.zoo")
+    mod.shipped_specs = lambda: []
     mod.load_manifest = lambda d: json.loads((Path(d) / "manifest.json").read_text())
     mod.load_zoo_model = lambda d, c: load_weights(create_model(c["arch"], c["num_classes"], **c["arch_kwargs"]),
                                                    Path(d) / c["file"]).eval()
@@ -229,12 +230,10 @@ TINY_BAN = {"ban": {"n_opt": 40, "n_eval": 120, "n_steps": 2, "mask_steps": 5, "
 
 
 def _bench_cli(argv: list[str]) -> int:
-    """`banscan bench ...` through the module's own `add_cli`, as `banscan.cli` wires it."""
-    from banscan.bench import add_cli
+    """`banscan bench ...` through the command line's parser, without its logging and error handling."""
+    from banscan.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="banscan")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

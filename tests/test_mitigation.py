@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import TINY_ARCH, TINY_CLASSES, TINY_SIZE, badnets_patch
 
-from banscan import BAN
 from banscan._utils import BanscanError
 from banscan.checkpoints import load_weights, save_weights
 from banscan.cli import main
@@ -79,7 +78,7 @@ def verify_params(tiny_zoo) -> dict:
 def ban_run(tiny_zoo):
     bd = tiny_zoo.backdoored
     before, mode = _state(bd), bd.training
-    return before, mode, BAN(seed=0).mitigate(bd, tiny_zoo.data, **FAST["ban"])
+    return before, mode, get_mitigation("ban", seed=0, **FAST["ban"]).repair(bd, tiny_zoo.data)
 
 
 def test_ban_removes_the_backdoor_and_keeps_accuracy(tiny_zoo, test_set, ban_run):

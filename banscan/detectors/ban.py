@@ -147,13 +147,6 @@ class BAN(Detector):
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_amp(device))
 
-    def mitigate(self, model, data: ImageData, device=None, **params):
-        """Remove the backdoor by fine-tuning under neuron noise (``banscan.mitigation.BANFineTune``, this
-        detector's ``eps`` and ``seed``; ``params`` override); returns a ``MitigationResult``."""
-        from ..mitigation import get_mitigation
-
-        return get_mitigation("ban", **{"eps": self.eps, "seed": self.seed, **params}).repair(model, data, device)
-
     # ---------------------------------------------------------------- phases
     def _features(self, net: SplitModel, data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         zs, ys = [], []

@@ -1,12 +1,11 @@
 """Backdoor removal: BAN's noise fine-tuning and baselines behind one interface and one command.
 
 Adding a method: one module with ``@register_mitigation("name")`` on a :class:`Mitigation` subclass and one
-import below. ``banscan mitigate`` (see :func:`add_cli`) and :func:`mitigate_zoo` pick it up.
+import below. ``banscan mitigate`` and :func:`mitigate_zoo` pick it up.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from collections.abc import Callable
 
@@ -40,12 +39,6 @@ def get_mitigation(name: str, **params) -> Mitigation:
         raise BanscanError(f"mitigation {name!r} does not take {unknown}; it takes {valid}")
     return cls(**params)
 
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``banscan mitigate``."""
-    from ._files import add_mitigate_parser
-
-    add_mitigate_parser(subparsers)
 
 
 from .finetune import FineTune  # noqa: E402

@@ -1,8 +1,7 @@
-"""File-level mitigation: weights file in, repaired ``.safetensors`` plus a JSON model card out; the CLI command."""
+"""File-level mitigation: weights file in, repaired ``.safetensors`` plus a JSON model card out."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -12,7 +11,7 @@ from typing import Any
 
 from .._utils import BanscanError, json_safe
 from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageData
-from . import get_mitigation, list_mitigations
+from . import get_mitigation
 
 CARD_SCHEMA = 1
 
@@ -112,48 +111,3 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     tmp.write_text(json.dumps(json_safe(card), indent=2, sort_keys=True))
     os.replace(tmp, dst.with_suffix(".json"))
     return card
-
-
-def _cmd_mitigate(args: argparse.Namespace) -> int:
-    from ..models import parse_kwargs
-
-    params = parse_kwargs(args.params)
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
-    card = mitigate_file(args.arch, args.weights, args.data, args.out, method=args.method,
-                         arch_kwargs=parse_kwargs(args.arch_kwargs), num_classes=args.num_classes, mean=args.mean,
-                         std=args.std, params=params, holdout=args.holdout, seed=args.seed, device=args.device,
-                         data_split=args.data_split, input_size=args.input_size, verify=args.verify,
-                         verify_params=parse_kwargs(args.verify_params))
-    ev = card["evaluation"]
-    print(f"{args.method}: BA on {ev['n']} held-out images {ev['BA_before']:.4f} -> {ev['BA_after']:.4f}  "
-          f"time={card['timings'].get('total', 0):.1f}s")
-    ver = card["verification"]
-    if ver is not None:
-        b, a = ver["before"], ver["after"]
-        print(f"{ver['detector']} scan: before {b['verdict']} (score {b['score']:.3f}, class {b['target']}) -> "
-              f"after {a['verdict']} (score {a['score']:.3f}, class {a['target']})")
-        if ver["still_flagged"]:
-            print(f"WARNING: {ver['detector']} still finds a backdoor into class {a['target']}; the repair may "
-                  "not have removed it")
-        if ver["note"]:
-            print(f"NOTE: {ver['note']}")
-    print(f"weights written to {args.out}; model card {Path(args.out).with_suffix('.json')}")
-    return 0
-
-
-def add_mitigate_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import _add_model_args
-    from ..detectors import list_detectors
-
-    p = subparsers.add_parser("mitigate", help="remove a backdoor: write a repaired copy of the model")
-    _add_model_args(p)
-    p.add_argument("--out", required=True, help="repaired weights (.safetensors); the model card goes to OUT.json")
-    p.add_argument("--method", default="ban", choices=list_mitigations())
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (ban, ban_scan, ft; default 25)")
-    p.add_argument("--params", default="", help="method hyperparameters, e.g. lambda_rob=0.5,bn_mode=clean")
-    p.add_argument("--verify", default=None, choices=list_detectors(),
-                   help="scan before and after the repair with this detector (e.g. nc; not ban for ban repairs)")
-    p.add_argument("--verify-params", default="", help="that detector's hyperparameters, e.g. n_epochs=5")
-    p.add_argument("--holdout", type=float, default=0.1, help="share of --data held out to measure BA (0.1)")
-    p.set_defaults(func=_cmd_mitigate)
