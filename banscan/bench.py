@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._utils import BanscanError
+from .params import reject_seed
 
 log = logging.getLogger(__name__)
 
@@ -410,8 +411,7 @@ def _parse_method_params(text: str | Mapping[str, Any] | None, methods: Sequence
     if extra:
         raise BanscanError(f"{flag} names {extra}, which are not among the methods {list(methods)}")
     for m, p in params.items():
-        if "seed" in p:
-            raise BanscanError(f"{flag} sets 'seed' for {m!r}; the seed of every method is --seed")
+        reject_seed(p, f"{flag} for {m!r}")
     return params
 
 

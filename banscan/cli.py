@@ -57,40 +57,80 @@ def _load_model_and_data(args: argparse.Namespace):
     return model, data
 
 
+def _add_param_args(p: argparse.ArgumentParser, per_method: bool = False) -> None:
+    """``--param``/``--params``/``--preset``, the one way every command takes algorithm parameters
+    (:mod:`banscan.params`); ``per_method``: keys and presets start with the method's name (``ban.restarts=5``)."""
+    m = "METHOD." if per_method else ""
+    p.add_argument("--param", action="append", default=[], metavar=f"{m}KEY=VALUE",
+                   help="an algorithm parameter, typed from its constructor (repeatable; wins over --params)")
+    p.add_argument("--params", default=None, metavar="FILE",
+                   help="TOML or JSON file of parameters" + (" (one table per method)" if per_method else "")
+                        + ("" if per_method else "; also the older KEY=VALUE,KEY=VALUE list"))
+    p.add_argument("--preset", action="append" if per_method else "store", default=[] if per_method else None,
+                   metavar=f"[{m}]NAME" if per_method else "NAME",
+                   help="named parameter set of the algorithm (its class's `presets`), below --params and --param")
+
+
+def _params_file(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[str]]:
+    """``--params``: a file, or (the older spelling) a ``KEY=VALUE,...`` list, returned as pairs."""
+    from .params import read_file
+
+    text = args.params
+    if not text:
+        return None, []
+    if Path(text).suffix in (".toml", ".json") or Path(text).is_file():
+        return read_file(text), []
+    return None, [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _one_method_params(cls: type, what: str, args: argparse.Namespace,
+                       aliases: dict[str, Any]) -> dict[str, Any]:
+    """One algorithm's parameters: preset < --params < older flags (``aliases``) < --param."""
+    from .params import parse_value, resolve, split_pair
+
+    file, old = _params_file(args)
+    old_typed = {k: parse_value(cls, k, v, what) for k, v in map(split_pair, old)}
+    return resolve(cls, what, args.preset, file, {**old_typed, **aliases}, args.param)
+
+
 def _detector_from_args(args: argparse.Namespace):
     from .detectors import get_detector
 
     accepted = get_detector(args.method).get_params()
-    params: dict[str, Any] = {"seed": args.seed}
+    cls = type(get_detector(args.method))
+    aliases: dict[str, Any] = {}
     for key in ("eps", "n_steps", "n_opt", "n_eval", "batch_size", "split_layer", "bn_mode", "amp"):
         val = getattr(args, key, None)
         if val is None:
             continue
         if key not in accepted:
             raise BanscanError(f"--{key.replace('_', '-')} does not apply to --method {args.method}")
-        params[key] = val
+        aliases[key] = val
     if args.threshold is not None:
-        params["threshold"] = args.threshold
+        aliases["threshold"] = args.threshold
     elif args.threshold_file:
         cal = json.loads(Path(args.threshold_file).read_text())
         if cal.get("method") != args.method:
             raise BanscanError(f"{args.threshold_file} calibrates {cal.get('method')!r}, not {args.method!r}")
-        params["threshold"] = float(cal["threshold"])
-    return get_detector(args.method, **params)
+        aliases["threshold"] = float(cal["threshold"])
+    params = _one_method_params(cls, f"--method {args.method}", args, aliases)
+    return get_detector(args.method, seed=args.seed, **params)
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
     from .detectors import list_detectors
 
     p.add_argument("--method", default="ban", choices=list_detectors())
-    p.add_argument("--eps", type=float, default=None)
-    p.add_argument("--n-steps", type=int, default=None)
-    p.add_argument("--n-opt", type=int, default=None, help="clean images for optimisation (default 500)")
-    p.add_argument("--n-eval", type=int, default=None, help="clean images for the decision (default 5000)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--split-layer", default=None, help="module whose input is the feature map (own models)")
-    p.add_argument("--bn-mode", default=None, choices=["recalibrate", "official", "frozen"])
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
+    _add_param_args(p)
+    old = p.add_argument_group("older spellings of --param (BAN-shaped; kept for one release)")
+    old.add_argument("--eps", type=float, default=None)
+    old.add_argument("--n-steps", type=int, default=None)
+    old.add_argument("--n-opt", type=int, default=None, help="clean images for optimisation (default 500)")
+    old.add_argument("--n-eval", type=int, default=None, help="clean images for the decision (default 5000)")
+    old.add_argument("--batch-size", type=int, default=None)
+    old.add_argument("--split-layer", default=None, help="module whose input is the feature map (own models)")
+    old.add_argument("--bn-mode", default=None, choices=["recalibrate", "official", "frozen"])
+    old.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -221,8 +261,10 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="results folder (results.jsonl, runs.jsonl, report.*)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
+    _add_param_args(p, per_method=True)
     p.add_argument("--method-params", default=None,
-                   help='JSON object (or file) of per-method parameters, e.g. \'{"ban": {"n_steps": 10}}\'')
+                   help='older spelling of --params: JSON object (or file) of per-method parameters, e.g. '
+                        '\'{"ban": {"n_steps": 10}}\'')
     p.add_argument("--models", default=None, help="comma-separated model ids (default: every model with status ok)")
     p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True, help="write the report at the end")
     p.add_argument("--mitigate", default=None, metavar="METHODS",
@@ -231,7 +273,8 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mitigate-images", type=int, default=None,
                    help="repair with this many defender images (the BAN paper: 2500, 5%% of CIFAR-10); default all")
     p.add_argument("--mitigate-params", default=None,
-                   help='JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
+                   help='older spelling of --param mitigate.METHOD.KEY=VALUE (or a `mitigate` table in --params): '
+                        'JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
     p.add_argument("--mitigate-verify", default=None, metavar="DETECTOR",
                    help="scan every model before and after its repair with this detector (e.g. nc), with its "
                         "--method-params if given; the verdicts go to the records and the report")
@@ -246,13 +289,15 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import MITIGATION_NAME, RESULTS_NAME, BenchConfig, _parse_method_params, _parse_scheme, run_bench
+    from .bench import MITIGATION_NAME, RESULTS_NAME, BenchConfig, _parse_scheme, run_bench
 
     if not args.zoo or not args.out:
         raise BanscanError("banscan bench needs --zoo DIR and --out RESULTS (or: banscan bench report --results R)")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    mit = tuple(m.strip() for m in (args.mitigate or "").split(",") if m.strip())
+    det_params, mit_params = _bench_params(args, methods, mit)
     cfg = BenchConfig(zoo=args.zoo, methods=methods, out=args.out, seed=args.seed, device=args.device,
-                      method_params=_parse_method_params(args.method_params, methods),
+                      method_params=det_params,
                       models=tuple(s.strip() for s in args.models.split(",")) if args.models else None)
     _parse_scheme(args.calibration)
     counts = run_bench(cfg, argv=_command_line(args))
@@ -261,9 +306,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.mitigate:
         from .mitigation import mitigate_zoo
 
-        mit = tuple(m.strip() for m in args.mitigate.split(",") if m.strip())
-        params = _parse_method_params(args.mitigate_params, mit, "--mitigate-params")
-        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=params, ids=cfg.models, seed=args.seed,
+        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=mit_params, ids=cfg.models, seed=args.seed,
                             device=args.device, n_images=args.mitigate_images, verify=args.mitigate_verify,
                             verify_params=cfg.method_params.get(args.mitigate_verify or "", {}))
         print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
@@ -271,6 +314,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
                                        bootstrap=args.bootstrap, seed=args.seed))
     return 0
+
+
+def _bench_params(args: argparse.Namespace, methods: tuple[str, ...], mit: tuple[str, ...]
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per-detector and per-mitigation parameters of ``banscan bench``: ``--param ban.KEY=V`` and
+    ``mitigate.ban.KEY=V``, ``--preset [METHOD.]NAME``, ``--params FILE`` (tables ``[ban]``, ``[mitigate.ban]``),
+    and the older ``--method-params``/``--mitigate-params`` JSON."""
+    from .bench import _parse_method_params
+    from .detectors import get_detector
+    from .mitigation import get_mitigation
+    from .params import read_file, resolve_many
+
+    file = read_file(args.params) if args.params else {}
+    mit_file = file.pop("mitigate", {})
+    out = []
+    for names, make, old, flag, prefix, tables in (
+            (methods, get_detector, args.method_params, "--method-params", "", file),
+            (mit, get_mitigation, args.mitigate_params, "--mitigate-params", "mitigate.", mit_file)):
+        def mine(items: list[str]) -> list[str]:
+            return [s for s in items if s.startswith("mitigate.") == bool(prefix)]
+
+        if not names:
+            if mine(args.param + args.preset):
+                raise BanscanError(f"{mine(args.param + args.preset)[0]!r} sets a repair's parameter; add --mitigate")
+            out.append({})
+            continue
+        out.append(resolve_many({m: type(make(m)) for m in names}, mine(args.preset), tables,
+                                _parse_method_params(old, names, flag), mine(args.param), prefix))
+    return out[0], out[1]
 
 
 def _command_line(args: argparse.Namespace) -> list[str]:
@@ -282,6 +354,10 @@ def _command_line(args: argparse.Namespace) -> list[str]:
                       ("--mitigate-images", args.mitigate_images), ("--mitigate-verify", args.mitigate_verify)):
         if val is not None:
             argv += [flag, str(val)]
+    for flag, vals in (("--param", args.param), ("--params", [args.params] if args.params else []),
+                       ("--preset", args.preset)):
+        for v in vals:
+            argv += [flag, v]
     return argv
 
 
@@ -296,17 +372,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- mitigate
 def _cmd_mitigate(args: argparse.Namespace) -> int:
-    from .mitigation import mitigate_file
+    from .detectors import get_detector
+    from .mitigation import get_mitigation, mitigate_file
     from .models import parse_kwargs
+    from .params import resolve
 
-    params = parse_kwargs(args.params)
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
+    aliases = {} if args.epochs is None else {"epochs": args.epochs}
+    params = _one_method_params(type(get_mitigation(args.method)), f"--method {args.method}", args, aliases)
+    verify_params = (resolve(type(get_detector(args.verify)), f"--verify {args.verify}",
+                             pairs=[s for s in args.verify_params.split(",") if s.strip()]) if args.verify else {})
     card = mitigate_file(args.arch, args.weights, args.data, args.out, method=args.method,
                          arch_kwargs=parse_kwargs(args.arch_kwargs), num_classes=args.num_classes, mean=args.mean,
                          std=args.std, params=params, holdout=args.holdout, seed=args.seed, device=args.device,
                          data_split=args.data_split, input_size=args.input_size, verify=args.verify,
-                         verify_params=parse_kwargs(args.verify_params))
+                         verify_params=verify_params)
     ev = card["evaluation"]
     print(f"{args.method}: BA on {ev['n']} held-out images {ev['BA_before']:.4f} -> {ev['BA_after']:.4f}  "
           f"time={card['timings'].get('total', 0):.1f}s")
@@ -332,11 +411,12 @@ def _add_mitigate_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--out", required=True, help="repaired weights (.safetensors); the model card goes to OUT.json")
     p.add_argument("--method", default="ban", choices=list_mitigations())
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (ban, ban_scan, ft; default 25)")
-    p.add_argument("--params", default="", help="method hyperparameters, e.g. lambda_rob=0.5,bn_mode=clean")
+    _add_param_args(p)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="older spelling of --param epochs=N (ban, ban_scan, ft; default 25)")
     p.add_argument("--verify", default=None, choices=list_detectors(),
                    help="scan before and after the repair with this detector (e.g. nc; not ban for ban repairs)")
-    p.add_argument("--verify-params", default="", help="that detector's hyperparameters, e.g. n_epochs=5")
+    p.add_argument("--verify-params", default="", help="that detector's parameters, KEY=VALUE,..., e.g. n_epochs=5")
     p.add_argument("--holdout", type=float, default=0.1, help="share of --data held out to measure BA (0.1)")
     p.set_defaults(func=_cmd_mitigate)
 

@@ -15,7 +15,7 @@ import banscan
 
 ROOT = Path(banscan.__file__).parent
 LAYERS = [  # lower layers first; a part may import its own layer or a lower one
-    {"_utils", "data", "checkpoints", "models", "noise", "train", "synthetic"},
+    {"_utils", "params", "data", "checkpoints", "models", "noise", "train", "synthetic"},
     {"detectors", "attacks", "mitigation"},
     {"zoo", "bench", "bench_report", "calibrate", "plots", "demo"},
     {"cli", "__main__"},

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._utils import BanscanError, json_safe
+from ..params import with_seed
 from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageData
 from . import get_mitigation
 
@@ -66,7 +67,7 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
         raise BanscanError(f"output {dst} is the input file; the input is never overwritten, choose another path")
     if not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise BanscanError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
-    mitigation = get_mitigation(method, **{"seed": seed, **dict(params or {})})
+    mitigation = get_mitigation(method, **with_seed(params, seed, f"mitigation {method!r}"))
     if verify is not None:
         get_detector(verify, **dict(verify_params or {}))  # bad names and parameters fail before the repair
     model = create_model(arch, num_classes, **dict(arch_kwargs or {}))

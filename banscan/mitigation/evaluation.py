@@ -23,6 +23,7 @@ from torch import nn
 
 from ..models import SplitModel
 from .._utils import BanscanError, json_safe, resolve_device
+from ..params import with_seed
 from ..data import ImageData
 from . import get_mitigation
 
@@ -141,7 +142,7 @@ def verify_repair(model_before: nn.Module, model_after: nn.Module, data: ImageDa
     """
     from ..detectors import get_detector
 
-    params = {"seed": seed, **dict(params or {})}
+    params = with_seed(params, seed, f"detector {detector!r}")
     det = get_detector(detector, **params)
     if "n_opt" not in params and len(data) <= det.n_opt:
         params["n_opt"] = len(data) // 2
@@ -259,7 +260,7 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
         attack = attack_from_card(zoo_dir, card, device=dev)
         scan_before = None  # the verification scan of the unrepaired model, shared by the methods
         for method in todo:
-            mit = get_mitigation(method, **{"seed": seed, **dict(params.get(method, {}))})
+            mit = get_mitigation(method, **with_seed(params.get(method), seed, f"mitigation {method!r}"))
             t0 = time.perf_counter()
             res = mit.repair(model, defend, device=dev)
             elapsed = time.perf_counter() - t0
