@@ -96,8 +96,8 @@ def _one_method_params(cls: type, what: str, args: argparse.Namespace,
 def _detector_from_args(args: argparse.Namespace):
     from .detectors import get_detector
 
-    accepted = get_detector(args.method).get_params()
-    cls = type(get_detector(args.method))
+    default = get_detector(args.method)
+    cls, accepted = type(default), default.get_params()
     aliases: dict[str, Any] = {}
     for key in ("eps", "n_steps", "n_opt", "n_eval", "batch_size", "split_layer", "bn_mode", "amp"):
         val = getattr(args, key, None)

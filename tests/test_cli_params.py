@@ -58,7 +58,8 @@ def test_detect_takes_preset_params_file_and_param(tiny_zoo, tmp_path, monkeypat
                    "--param", "batch_size=64", "--json", str(tmp_path / "r.json")]
     assert main(argv) == 0
     cfg = json.loads((tmp_path / "r.json").read_text())["config"]
-    assert (cfg["n_opt"], cfg["n_eval"], cfg["n_steps"], cfg["statistic"], cfg["batch_size"]) == (40, 120, 2, "noise", 64)
+    got = {k: cfg[k] for k in ("n_opt", "n_eval", "n_steps", "statistic", "batch_size")}
+    assert got == {"n_opt": 40, "n_eval": 120, "n_steps": 2, "statistic": "noise", "batch_size": 64}
     assert main(base + ["--param", "nope=1"]) == 2
     assert "valid keys:" in capsys.readouterr().err
     assert main(base + ["--param", "seed=1"]) == 2
