@@ -30,8 +30,9 @@ def _plt():
 
 
 def save_result_plots(result: DetectionResult, out_dir: str | os.PathLike) -> list[Path]:
-    """Save the prediction histograms (without noise, with noise, with noise and negative mask) and the
-    mask or trigger artefacts of ``result`` as PNG files; returns their paths."""
+    """Save the prediction histograms (without noise, with noise, with noise and negative mask), the per-class
+    statistics of the p-value rules (class-wise noise, MM-BD margins) and the mask or trigger artefacts of
+    ``result`` as PNG files, whichever ``result`` holds; returns their paths."""
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,23 @@ def save_result_plots(result: DetectionResult, out_dir: str | os.PathLike) -> li
         ax.legend(fontsize=8)
         fig.tight_layout()
         f = out / "histograms.png"
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        files.append(f)
+    per_class = [(lbl, v) for lbl, v in (
+        ("class-wise noise: share of other-class images sent", result.stats.get("classwise", {}).get("mean")),
+        ("MM-BD maximum margin", result.stats.get("mmbd", result.stats).get("max_margin"))) if v]
+    if per_class:  # the p-value statistics: is one class an outlier among the model's own classes?
+        fig, axes = plt.subplots(1, len(per_class), figsize=(4.2 * len(per_class), 3.2), squeeze=False)
+        for ax, (lbl, v) in zip(axes[0], per_class):
+            ax.bar(range(len(v)), v, color=["C3" if c == result.target else "C0" for c in range(len(v))])
+            ax.set_xlabel("class")
+            ax.set_title(lbl, fontsize=8)
+            ax.set_xticks(range(len(v)))
+        fig.suptitle(f"{result.detector}: {result.verdict} (score {result.score:.3f}, target {result.target})",
+                     fontsize=9)
+        fig.tight_layout()
+        f = out / "per_class.png"
         fig.savefig(f, dpi=110)
         plt.close(fig)
         files.append(f)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 CANDIDATES = {
-    "ban-negmask": ("ban", {}),
+    "ban-fused": ("ban", {"statistic": "fused"}),  # the default chosen from the others
+    "ban-negmask": ("ban", {"statistic": "negmask"}),
     "ban-noise-r5": ("ban", {"statistic": "noise", "restarts": 5}),
     "ban-classwise": ("ban", {"statistic": "classwise"}),
     "ban-classwise-s30": ("ban", {"statistic": "classwise", "class_steps": 30}),
@@ -29,6 +30,9 @@ CANDIDATES = {
     "mmbd-fast": ("mmbd", {"n_images": 10, "n_steps": 100}),
     "weights": (None, {}),
 }
+
+
+CLEAN_LABEL = ("sig", "lc")
 
 
 def weight_signal(model: torch.nn.Module) -> dict:
@@ -85,8 +89,64 @@ def _auroc(pos: list[float], neg: list[float]) -> float:
     return wins / (len(pos) * len(neg)) if pos and neg else float("nan")
 
 
+def _rates(r: dict) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in r["stats"]["classwise"]["rates"]])
+
+
+def _score(values: np.ndarray, rule: str) -> tuple[float, int]:
+    from banscan.detectors._outlier import mad_index, max_class_pvalue
+
+    v = np.asarray(values, dtype=np.float64)
+    s = -math.log10(max(max_class_pvalue(v.tolist()), 1e-300)) if rule == "p" else mad_index(v.tolist())
+    return s, int(v.argmax())
+
+
+def derived(recs: list[dict]) -> list[dict]:
+    """Aggregations of stored per-class evidence, computed without rescanning.
+
+    From a class-wise rate matrix R[t, j] (share of class-j images sent to t by noise aimed at t):
+    ``mean``/``median``/``min`` over sources j; ``rel``: each source's rates divided by that source's mean over
+    targets (a per-source baseline: some classes, e.g. cat, are easily sent anywhere), then the mean over
+    sources of the log ratio. Each under MM-BD's gamma p-value (``p``) or the MAD index (``mad``).
+    ``fisher``: Fisher's combination of the class-wise (mean or min, p) and MM-BD p-values.
+    """
+    from scipy import stats as st
+
+    out = []
+    by_model = {}
+    for r in recs:
+        by_model.setdefault(r["model"], {})[r["candidate"]] = r
+    for model, cands in by_model.items():
+        for base in ("ban-classwise", "ban-classwise-s30", "ban-classwise-e05"):
+            if base not in cands:
+                continue
+            r = cands[base]
+            R = _rates(r)
+            with np.errstate(all="ignore"):
+                rel = np.nanmean(np.log((R + 1e-3) / (np.nanmean(R, axis=0, keepdims=True) + 1e-3)), axis=1)
+            aggs = {"mean": np.nanmean(R, 1), "median": np.nanmedian(R, 1), "min": np.nanmin(R, 1),
+                    "rel": rel - rel.min()}
+            for agg, v in aggs.items():
+                for rule in ("p", "mad"):
+                    s, t = _score(v, rule)
+                    out.append({**r, "candidate": f"{base}:{agg}:{rule}", "score": s, "target": t})
+        for mm in ("mmbd", "mmbd-fast"):
+            if "ban-classwise" not in cands or mm not in cands:
+                continue
+            R = _rates(cands["ban-classwise"])
+            for agg in ("mean", "min"):
+                s1, t1 = _score(np.nanmean(R, 1) if agg == "mean" else np.nanmin(R, 1), "p")
+                s2 = cands[mm]["score"]
+                comb = st.combine_pvalues([10 ** -s1, 10 ** -s2], method="fisher").pvalue
+                tgt = t1 if s1 >= s2 else cands[mm]["target"]
+                out.append({**cands[mm], "candidate": f"fisher(classwise-{agg},{mm})",
+                            "score": -math.log10(max(comb, 1e-300)), "target": tgt})
+    return out
+
+
 def analyze(out: Path) -> None:
     recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    recs += derived(recs)
     by = {}
     for r in recs:
         by.setdefault(r["candidate"], []).append(r)
@@ -94,7 +154,10 @@ def analyze(out: Path) -> None:
         clean = [r["score"] for r in rs if not r["attack"]]
         bd = [r for r in rs if r["attack"]]
         right = sum(r["target"] == r["true_target"] for r in bd)
-        print(f"\n== {name}: AUROC {_auroc([r['score'] for r in bd], clean):.3f}, target right {right}/{len(bd)}, "
+        dirty = [r["score"] for r in bd if r["attack"] not in CLEAN_LABEL]
+        fp = sum(s > 1.3 for s in clean)  # -log10(0.05), for the p-value scores
+        tp = sum(r["score"] > 1.3 for r in bd)
+        print(f"\n== {name}: at score > 1.3: {tp}/{len(bd)} flagged, {fp}/{len(clean)} clean flagged; AUROC {_auroc([r['score'] for r in bd], clean):.3f} (dirty-label {_auroc(dirty, clean):.3f}), target right {right}/{len(bd)}, "
               f"{np.mean([r['wall_s'] for r in rs]):.1f} s/model")
         for r in sorted(rs, key=lambda r: -r["score"]):
             print(f"  {r['model']:34s} {r['score']:8.3f}  target {r['target']} (true {r['true_target']})")

@@ -226,7 +226,8 @@ def stub_zoo(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "banscan.zoo", _stub_zoo_module())
 
 
-TINY_BAN = {"ban": {"n_opt": 40, "n_eval": 120, "n_steps": 2, "mask_steps": 5, "batch_size": 64}}
+TINY_BAN = {"ban": {"n_opt": 40, "n_eval": 120, "n_steps": 2, "mask_steps": 5, "batch_size": 64,
+                    "statistic": "negmask"}}
 
 
 def _bench_cli(argv: list[str]) -> int:

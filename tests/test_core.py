@@ -16,7 +16,9 @@ from banscan.cli import main
 from banscan.models import SplitModel, norm_layers
 from banscan.synthetic import make_synthetic
 
-FAST = dict(n_opt=48, n_eval=96, n_steps=3, mask_steps=5, batch_size=32)
+FAST = dict(n_opt=48, n_eval=96, n_steps=3, mask_steps=5, batch_size=32, statistic="negmask")
+# the default statistic ("fused": class-wise noise + MM-BD margins) at a tiny budget
+FAST_DEFAULT = dict(n_opt=48, n_eval=96, class_steps=2, n_class_eval=48, mm_images=2, mm_steps=3, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +245,20 @@ def test_ban_leaves_model_untouched_and_is_deterministic(model, data) -> None:
     assert r1.artifacts["mask"].shape == (32, 2, 2)
 
 
+@pytest.mark.parametrize("net", ["resnet", "groupnorm"])
+def test_ban_default_statistic_leaves_model_untouched_and_is_deterministic(model, data, net) -> None:
+    m = model if net == "resnet" else PlainNet(4)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    r1 = BAN(seed=1, **FAST_DEFAULT).detect(m, data)
+    assert m.training
+    r2 = BAN(seed=1, **FAST_DEFAULT).detect(m.eval(), data)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert r1.score == r2.score and r1.stats == r2.stats and r1.target == r2.target
+    assert r1.config["statistic"] == "fused" and set(r1.timings) >= {"classwise", "margins", "total"}
+    assert type(r1).from_dict(json.loads(json.dumps(r1.to_dict()))) == r1
+
+
 @pytest.mark.parametrize("mode", ["official", "frozen"])
 def test_ban_bn_modes_run(model, data, mode) -> None:
     r = BAN(bn_mode=mode, **FAST).detect(model, data)
@@ -256,7 +272,7 @@ def test_ban_bad_inputs(model, data) -> None:
     with pytest.raises(BanscanError, match="only 4 outputs|labels go up"):
         BAN(**FAST).detect(model, make_synthetic(200, 6, 16))
     with pytest.raises(BanscanError, match="statistic"):
-        BAN(statistic="median", **FAST).detect(model, data)
+        BAN(**{**FAST, "statistic": "median"}).detect(model, data)
     with pytest.raises(BanscanError, match="bn_mode"):
         BAN(bn_mode="weird", **FAST).detect(model, data)
     with pytest.raises(BanscanError, match="more than n_opt"):
@@ -271,16 +287,16 @@ def test_ban_bad_inputs(model, data) -> None:
 
 
 def test_ban_noise_statistic_reports_the_noise_only_share(model, data) -> None:
-    r = BAN(statistic="noise", **FAST).detect(model, data)
+    r = BAN(**{**FAST, "statistic": "noise"}).detect(model, data)
     assert r.score == r.stats["share_noise"] and r.target == r.stats["target_noise"]
 
 
 def test_ban_restarts_pool_disjoint_slices(model, data) -> None:
-    r = BAN(statistic="noise", restarts=3, **FAST).detect(model, data)
+    r = BAN(**{**FAST, "statistic": "noise"}, restarts=3).detect(model, data)
     assert len(r.stats["restart_targets"]) == 3 and r.stats["n_eval"] == FAST["n_eval"]
     assert sum(r.stats["hist_noise"]) == FAST["n_eval"] and r.score == max(r.stats["hist_noise"]) / FAST["n_eval"]
     assert r.stats["restart_agreement"] == r.stats["restart_targets"].count(r.target) / 3
-    assert BAN(statistic="noise", restarts=3, **FAST).detect(model, data).score == r.score
+    assert BAN(**{**FAST, "statistic": "noise"}, restarts=3).detect(model, data).score == r.score
     with pytest.raises(BanscanError, match="restarts"):
         BAN(restarts=0, **FAST).detect(model, data)
 
@@ -306,7 +322,7 @@ def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
     assert rc == 0
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["verdict"] in ("clean", "backdoored") and {"score", "threshold", "target", "timings"} <= set(out)
-    assert (tmp_path / "p" / "histograms.png").stat().st_size > 0
+    assert (tmp_path / "p" / "per_class.png").stat().st_size > 0  # the default statistic's plot
     assert main(base + ["--weights", str(tmp_path / "missing.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("banscan: error:") and "not found" in err[-1]

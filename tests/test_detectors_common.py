@@ -21,7 +21,7 @@ from banscan.detectors import DetectionResult, get_detector, list_detectors
 
 # Small budgets per detector. BAN and NC reach the efficacy property with these on the tiny zoo.
 QUICK: dict[str, dict] = {
-    "ban": dict(n_opt=200, n_eval=300, mask_steps=100, batch_size=50),
+    "ban": dict(n_opt=200, n_eval=300, mask_steps=100, batch_size=50, statistic="negmask"),
     "nc": dict(n_opt=100, n_eval=300, n_epochs=15, batch_size=50, init_cost=1e-2),
     "btidbf": dict(n_opt=100, n_eval=200, n_pretrain_epochs=1, n_mask_epochs=2, n_gen_epochs=2, unet_filters=4,
                    unet_blocks=2, batch_size=50, residual=True),
@@ -167,7 +167,7 @@ def test_bad_input_is_a_banscan_error(name, tiny_zoo):
 def test_ban_classwise_rates_name_the_target(tiny_zoo):
     """Noise aimed at each class in turn: the backdoor's target is the class it reaches most easily (measured
     on tiny twins of 4 seeds: right on all 4; the p-value is not asserted, 4 other classes are too few for it)."""
-    r = get_detector("ban", **QUICK["ban"], statistic="classwise", n_class_eval=200).detect(
+    r = get_detector("ban", **{**QUICK["ban"], "statistic": "classwise"}, n_class_eval=200).detect(
         tiny_zoo.backdoored, tiny_zoo.data)
     rates = torch.tensor([[math.nan if v is None else v for v in row] for row in r.stats["classwise"]["rates"]])
     k = len(tiny_zoo.data.classes)
@@ -176,3 +176,27 @@ def test_ban_classwise_rates_name_the_target(tiny_zoo):
     assert ((off >= 0) & (off <= 1)).all()
     assert r.target == tiny_zoo.target == int(torch.tensor(r.stats["classwise"]["mean"]).argmax())
     assert 0 <= r.stats["pvalue"] <= 1 and r.score == pytest.approx(-math.log10(max(r.stats["pvalue"], 1e-300)))
+
+
+def test_ban_default_fuses_classwise_noise_and_max_margin(tiny_zoo):
+    """The default statistic: Fisher's combination of the class-wise and MM-BD p-values, judged at p < 0.05."""
+    from banscan.detectors._outlier import fisher_pvalue
+
+    det = get_detector("ban", n_opt=200, n_eval=300, batch_size=50, n_class_eval=200, mm_images=4, mm_steps=20)
+    assert det.statistic == "fused"
+    r = det.detect(tiny_zoo.backdoored, tiny_zoo.data)
+    st = r.stats
+    assert st["pvalue"] == pytest.approx(fisher_pvalue([st["pvalue_classwise"], st["mmbd"]["pvalue"]]))
+    assert r.score == pytest.approx(-math.log10(max(st["pvalue"], 1e-300)))
+    assert r.threshold == pytest.approx(-math.log10(0.05)) and "p < 0.05" in r.threshold_source
+    named = st["target_classwise"] if st["pvalue_classwise"] <= st["mmbd"]["pvalue"] else st["mmbd"]["target"]
+    assert r.target == named
+    assert len(st["mmbd"]["max_margin"]) == len(tiny_zoo.data.classes)
+    # Fisher: two small p-values give a smaller one; a p-value of 1 weakens the other
+    assert fisher_pvalue([0.01, 0.01]) < 0.01 < fisher_pvalue([0.01, 1.0])
+
+
+def test_ban_paper_preset_is_the_papers_statistic():
+    det = get_detector("ban", **type(get_detector("ban")).presets["paper"])
+    assert det.statistic == "negmask" and det.restarts == 1
+    assert det.default_verdict_threshold()[0] == 0.9

@@ -131,6 +131,10 @@ class Detector(HyperParams, ABC):
     batch_size: int
     split_layer: str | None
 
+    def default_verdict_threshold(self) -> tuple[float, str]:
+        """The threshold used when ``threshold`` is None, and where it comes from (may depend on the params)."""
+        return self.default_threshold, self.threshold_source
+
     @abstractmethod
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
@@ -179,7 +183,7 @@ class Detector(HyperParams, ABC):
         gen = torch.Generator().manual_seed(int(self.seed))
         ev = self._detect(net, opt, evl, timer, gen, dev)
         if self.threshold is None:
-            thr, source = self.default_threshold, self.threshold_source
+            thr, source = self.default_verdict_threshold()
         else:
             thr, source = float(self.threshold), "user"
         return DetectionResult(

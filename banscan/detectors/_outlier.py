@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["max_class_pvalue", "mad_index"]
+__all__ = ["fisher_pvalue", "max_class_pvalue", "mad_index"]
 
 
 def max_class_pvalue(values: Sequence[float]) -> float:
@@ -46,3 +46,11 @@ def mad_index(values: Sequence[float]) -> float:
     med = float(np.median(v))
     mad = 1.4826 * float(np.median(np.abs(v - med)))
     return float((v.max() - med) / max(mad, 1e-12))
+
+
+def fisher_pvalue(pvalues: Sequence[float]) -> float:
+    """Fisher's combination of independent p-values: ``P(chi2_{2n} >= -2 sum log p)``."""
+    from scipy import stats
+
+    p = np.clip(np.asarray(pvalues, dtype=np.float64), 1e-300, 1.0)
+    return float(stats.chi2.sf(-2.0 * np.log(p).sum(), 2 * len(p)))
