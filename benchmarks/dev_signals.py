@@ -20,14 +20,16 @@ import numpy as np
 import torch
 
 CANDIDATES = {
-    # the default (class_eps 0.5, n_class_eval 500), chosen from the candidates below, and with 1,000 images
-    "ban-fused": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 500}),
-    "ban-fused-n1000": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000}),
+    # fused, chosen from the candidates below: the default (1,000 judging images, step batch 128), and cheaper forms
+    "ban-fused": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128}),
+    "ban-fused-n500": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 500, "class_batch": 128}),
+    "ban-fused-b64": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 500, "class_batch": 64}),
     "ban-negmask": ("ban", {"statistic": "negmask"}),
     "ban-noise-r5": ("ban", {"statistic": "noise", "restarts": 5}),
-    "ban-classwise": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000}),
-    "ban-classwise-s30": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_steps": 30}),
-    "ban-classwise-e05": ("ban", {"statistic": "classwise", "class_eps": 0.5, "n_class_eval": 1000}),
+    "ban-classwise": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128}),
+    "ban-classwise-s30": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128,
+                                  "class_steps": 30}),
+    "ban-classwise-e05": ("ban", {"statistic": "classwise", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128}),
     "mmbd": ("mmbd", {}),
     "mmbd-fast": ("mmbd", {"n_images": 10, "n_steps": 100}),
     "weights": (None, {}),

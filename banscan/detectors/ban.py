@@ -87,6 +87,8 @@ class BAN(Detector):
             The noise phase costs ``restarts`` times as much; the decision pass costs the same.
         class_steps: with ``statistic="classwise"`` or ``"fused"``, signed-gradient steps (size ``2 * class_eps /
             class_steps``) of the noise aimed at each class, on the optimisation images of the other classes.
+        class_batch: images per step of that aimed noise (the phase's cost is about ``k * class_steps *
+            class_batch`` forward and backward passes).
         class_eps: the bound of that aimed noise (``eps`` bounds the paper's untargeted noise); 0.5 was better
             than 0.3 on the dev zoo (``benchmarks/RESULTS.md``).
         n_class_eval: with ``statistic="classwise"`` or ``"fused"``, evaluation images on which each class's noise is judged
@@ -126,7 +128,7 @@ class BAN(Detector):
                  seed: int = 0, threshold: float | None = None, n_opt: int = 500, n_eval: int = 5000,
                  batch_size: int = 128, split_layer: str | None = None, statistic: str = "fused",
                  amp: bool | None = None, restarts: int = 1, class_steps: int = 10,
-                 n_class_eval: int = 500, class_eps: float = 0.5, mm_images: int = 10, mm_steps: int = 100
+                 n_class_eval: int = 1000, class_eps: float = 0.5, class_batch: int = 128, mm_images: int = 10, mm_steps: int = 100
                  ) -> None:
         self.eps = eps
         self.n_steps = n_steps
@@ -148,6 +150,7 @@ class BAN(Detector):
         self.class_steps = class_steps
         self.n_class_eval = n_class_eval
         self.class_eps = class_eps
+        self.class_batch = class_batch
         self.mm_images = mm_images
         self.mm_steps = mm_steps
 
@@ -159,8 +162,8 @@ class BAN(Detector):
         if self.l1 not in ("official", "mean"):
             raise BanscanError(f"l1 must be 'official' or 'mean', got {self.l1!r}")
         if not self.eps > 0 or not self.class_eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1 or self.restarts < 1 \
-                or self.class_steps < 1 or self.n_class_eval < 1 or self.mm_images < 1 or self.mm_steps < 1:
-            raise BanscanError(f"need eps, class_eps > 0, n_steps, batch_size, restarts, class_steps, n_class_eval, mm_images, "
+                or self.class_steps < 1 or self.n_class_eval < 1 or self.class_batch < 1 or self.mm_images < 1 or self.mm_steps < 1:
+            raise BanscanError(f"need eps, class_eps > 0, n_steps, batch_size, restarts, class_steps, n_class_eval, class_batch, mm_images, "
                                f"mm_steps >= 1 and mask_steps >= 0; got {self!r}")
 
     def _use_amp(self, device: torch.device) -> bool:
@@ -259,7 +262,7 @@ class BAN(Detector):
             noise.reset(gen)
             with bn_batch_stats(net):
                 for _ in range(self.class_steps):
-                    idx = torch.randint(0, len(src), (min(self.batch_size, len(src)),), generator=gen)
+                    idx = torch.randint(0, len(src), (min(self.class_batch, len(src)),), generator=gen)
                     x, _ = next(src.subset(idx).batches(len(idx), device))
                     tgt = torch.full((len(idx),), t, device=device)
 
