@@ -29,7 +29,8 @@ CANDIDATES = {
     "ban-classwise": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128}),
     "ban-classwise-s30": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128,
                                   "class_steps": 30}),
-    "ban-classwise-e05": ("ban", {"statistic": "classwise", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128}),
+    "ban-classwise-e05": ("ban", {"statistic": "classwise", "class_eps": 0.5, "n_class_eval": 1000,
+                                  "class_batch": 128}),
     "mmbd": ("mmbd", {}),
     "mmbd-fast": ("mmbd", {"n_images": 10, "n_steps": 100}),
     "weights": (None, {}),
@@ -161,7 +162,9 @@ def analyze(out: Path) -> None:
         dirty = [r["score"] for r in bd if r["attack"] not in CLEAN_LABEL]
         fp = sum(s > 1.3 for s in clean)  # -log10(0.05), for the p-value scores
         tp = sum(r["score"] > 1.3 for r in bd)
-        print(f"\n== {name}: at score > 1.3: {tp}/{len(bd)} flagged, {fp}/{len(clean)} clean flagged; AUROC {_auroc([r['score'] for r in bd], clean):.3f} (dirty-label {_auroc(dirty, clean):.3f}), target right {right}/{len(bd)}, "
+        print(f"\n== {name}: at score > 1.3: {tp}/{len(bd)} flagged, {fp}/{len(clean)} clean flagged; "
+              f"AUROC {_auroc([r['score'] for r in bd], clean):.3f} (dirty-label {_auroc(dirty, clean):.3f}), "
+              f"target right {right}/{len(bd)}, "
               f"{np.mean([r['wall_s'] for r in rs]):.1f} s/model")
         for r in sorted(rs, key=lambda r: -r["score"]):
             print(f"  {r['model']:34s} {r['score']:8.3f}  target {r['target']} (true {r['true_target']})")

@@ -91,8 +91,8 @@ class BAN(Detector):
             class_batch`` forward and backward passes).
         class_eps: the bound of that aimed noise (``eps`` bounds the paper's untargeted noise); 0.5 was better
             than 0.3 on the dev zoo (``benchmarks/RESULTS.md``).
-        n_class_eval: with ``statistic="classwise"`` or ``"fused"``, evaluation images on which each class's noise is judged
-            (stratified; the images of the aimed class itself are left out).
+        n_class_eval: with ``statistic="classwise"`` or ``"fused"``, evaluation images on which each class's noise
+            is judged (stratified; the images of the aimed class itself are left out).
         mm_images, mm_steps: with ``statistic="fused"``, MM-BD's starting images per class and ascent steps
             (MM-BD's own defaults are 30 and 300; 10 and 100 measured as good on the dev zoo at a third of the
             time).
@@ -128,8 +128,8 @@ class BAN(Detector):
                  seed: int = 0, threshold: float | None = None, n_opt: int = 500, n_eval: int = 5000,
                  batch_size: int = 128, split_layer: str | None = None, statistic: str = "fused",
                  amp: bool | None = None, restarts: int = 1, class_steps: int = 10,
-                 n_class_eval: int = 1000, class_eps: float = 0.5, class_batch: int = 128, mm_images: int = 10, mm_steps: int = 100
-                 ) -> None:
+                 n_class_eval: int = 1000, class_eps: float = 0.5, class_batch: int = 128, mm_images: int = 10,
+                 mm_steps: int = 100) -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.project = project
@@ -161,10 +161,11 @@ class BAN(Detector):
             raise BanscanError(f"statistic must be one of {_STATISTICS}, got {self.statistic!r}")
         if self.l1 not in ("official", "mean"):
             raise BanscanError(f"l1 must be 'official' or 'mean', got {self.l1!r}")
-        if not self.eps > 0 or not self.class_eps > 0 or self.n_steps < 1 or self.mask_steps < 0 or self.batch_size < 1 or self.restarts < 1 \
-                or self.class_steps < 1 or self.n_class_eval < 1 or self.class_batch < 1 or self.mm_images < 1 or self.mm_steps < 1:
-            raise BanscanError(f"need eps, class_eps > 0, n_steps, batch_size, restarts, class_steps, n_class_eval, class_batch, mm_images, "
-                               f"mm_steps >= 1 and mask_steps >= 0; got {self!r}")
+        counts = (self.n_steps, self.batch_size, self.restarts, self.class_steps, self.n_class_eval, self.class_batch,
+                  self.mm_images, self.mm_steps)
+        if not self.eps > 0 or not self.class_eps > 0 or self.mask_steps < 0 or min(counts) < 1:
+            raise BanscanError(f"need eps, class_eps > 0, n_steps, batch_size, restarts, class_steps, n_class_eval, "
+                               f"class_batch, mm_images, mm_steps >= 1 and mask_steps >= 0; got {self!r}")
 
     def _use_amp(self, device: torch.device) -> bool:
         if self.amp is not None:
