@@ -76,9 +76,10 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _use_amp(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.amp is not None:
-        return cfg.amp
+def amp_enabled(amp: bool | None, device: torch.device) -> bool:
+    """bfloat16 autocast on or off: ``amp`` if given, else on for CUDA and for CPUs with native bfloat16."""
+    if amp is not None:
+        return bool(amp)
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
@@ -96,7 +97,7 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
     net = SplitModel(model, data.mean, data.std).to(dev)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    amp = _use_amp(cfg, dev)
+    amp = amp_enabled(cfg.amp, dev)
     params = list(model.parameters()) + list(extra_params or [])
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     n = len(data)

@@ -38,7 +38,7 @@ from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
-from ..train import cpu_has_bf16
+from ..train import amp_enabled
 from . import register_detector
 from ._base import Detector, Evidence, class_hist
 from ._outlier import fisher_pvalue, mad_index, max_class_pvalue
@@ -168,9 +168,7 @@ class BAN(Detector):
                                f"class_batch, mm_images, mm_steps >= 1 and mask_steps >= 0; got {self!r}")
 
     def _use_amp(self, device: torch.device) -> bool:
-        if self.amp is not None:
-            return bool(self.amp)
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+        return amp_enabled(self.amp, device)
 
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_amp(device))

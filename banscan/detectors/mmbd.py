@@ -27,7 +27,7 @@ import torch
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
-from ..train import cpu_has_bf16
+from ..train import amp_enabled
 from . import register_detector
 from ._base import Detector, Evidence
 from ._outlier import mad_index, max_class_pvalue
@@ -75,16 +75,11 @@ class MMBD(Detector):
         self.split_layer = split_layer
         self.amp = amp
 
-    def _use_amp(self, device: torch.device) -> bool:
-        if self.amp is not None:
-            return bool(self.amp)
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
         if self.n_images < 1 or self.n_steps < 1 or not self.lr > 0 or not 0 < self.pvalue < 1:
             raise BanscanError(f"need n_images, n_steps >= 1, lr > 0 and 0 < pvalue < 1; got {self!r}")
-        k = net.num_classes
+        k, amp = net.num_classes, amp_enabled(self.amp, device)
         labels = torch.arange(k, device=device).repeat_interleave(self.n_images)
         x = torch.rand((len(labels), *opt.image_shape), generator=gen).to(device).requires_grad_(True)
         active = torch.ones(k, dtype=torch.bool, device=device)
@@ -92,7 +87,7 @@ class MMBD(Detector):
         steps = torch.zeros(k, dtype=torch.long)
         with timer.phase("margins"):
             for _ in progress(range(self.n_steps), "margins"):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_amp(device)):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = net(x.clamp(0, 1)).float()
                 per_class = -_margins(logits, labels).view(k, self.n_images).sum(1)
                 (g,) = torch.autograd.grad(per_class[active].sum(), x)
@@ -108,5 +103,5 @@ class MMBD(Detector):
                 m = _margins(net(x.clamp(0, 1)).float(), labels).view(k, self.n_images).amax(1).cpu()
         p = max_class_pvalue(m.tolist())
         stats = {"max_margin": m.tolist(), "pvalue": p, "mad_index": mad_index(m.tolist()),
-                 "steps_per_class": steps.tolist(), "amp": self._use_amp(device)}
+                 "steps_per_class": steps.tolist(), "amp": amp}
         return Evidence(score=-math.log10(max(p, 1e-300)), target=int(m.argmax()), stats=stats)
