@@ -24,6 +24,11 @@ CANDIDATES = {
     "ban-fused": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128}),
     "ban-fused-n500": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 500, "class_batch": 128}),
     "ban-fused-b64": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 500, "class_batch": 64}),
+    # half the aimed-noise steps (twice the step size): the speed target on a full-width ResNet-18 (issue 13)
+    "ban-fused-s5": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128,
+                             "class_steps": 5}),
+    "ban-fused-s5-mm5": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128,
+                                 "class_steps": 5, "mm_images": 5}),
     "ban-negmask": ("ban", {"statistic": "negmask"}),
     "ban-noise-r5": ("ban", {"statistic": "noise", "restarts": 5}),
     "ban-classwise": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128}),
