@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +43,47 @@ from ..data import ImageData
 from ..models import SplitModel
 from . import register_detector
 from ._base import Detector, Evidence
-from ._inversion import Normalizer, seeded_unet, train_batches
+from ._inversion import Normalizer, autocast, clean_features, seeded_unet, train_batches, transfer_asr, unit_tanh
 
 log = logging.getLogger(__name__)
-_EPS = 1e-7
+
+
+@dataclass(eq=False)
+class _InversionState:
+    """What one target's inversion carries from batch to batch: the models, the optimisers, the adaptive
+    constraint weights and the best epoch so far."""
+
+    net: SplitModel
+    ae: torch.nn.Module
+    theta: torch.Tensor
+    t: int
+    class_mean: torch.Tensor
+    ref_feats: torch.Tensor
+    gen: torch.Generator
+    device: torch.device
+    mask_bound: float
+    opt_g: torch.optim.Optimizer | None = None
+    opt_m: torch.optim.Optimizer | None = None
+    w_p: float = 1.0
+    w_acc: float = 1.0
+    w_std: float = 1.0
+    best: float = float("inf")
+    best_terms: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.nz = Normalizer(self.net)
+
+    def mask(self) -> torch.Tensor:
+        return unit_tanh(self.theta)
+
+    def target(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.t, dtype=torch.long, device=self.device)
+
+    def mixed_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The head on the masked features of ``z`` completed by random clean reference features."""
+        idx = torch.randint(0, len(self.ref_feats), (len(z),), generator=self.gen).to(self.device)
+        m = self.mask()
+        return self.net.head(m * z + (1 - m) * self.ref_feats[idx])
 
 
 @register_detector("featurere")
@@ -131,105 +169,96 @@ class FeatureRE(Detector):
             raise BanscanError(f"targets must be non-empty class indices in 0..{k - 1}, got {self.targets}")
         return targets
 
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
-
     def invert_target(self, net: SplitModel, data: ImageData, t: int, class_mean: torch.Tensor,
                       ref_feats: torch.Tensor, gen: torch.Generator, device: torch.device) -> dict[str, object]:
         """Fit a transform and a feature mask sending ``data`` (images not of class ``t``) to ``t``."""
-        nz = Normalizer(net)
         ae = seeded_unet(gen, data.x.shape[1], self.unet_filters, self.unet_blocks, device, self.residual)
-        theta = torch.ones(ref_feats.shape[1:], device=device, requires_grad=True)
-        opt_g = torch.optim.Adam(ae.parameters(), lr=self.lr, betas=(0.5, 0.9))
-        opt_m = torch.optim.Adam([theta], lr=self.mask_lr, betas=(0.5, 0.9))
-        mask_bound = self.mask_size * theta.numel()
-        w_p = w_acc = w_std = 1.0
-        best = float("inf")
-        best_terms: dict[str, float] = {}
-
-        def mask() -> torch.Tensor:
-            return torch.tanh(theta) / (2 + _EPS) + 0.5
-
-        def mixed_logits(z: torch.Tensor) -> torch.Tensor:
-            idx = torch.randint(0, len(ref_feats), (len(z),), generator=gen).to(device)
-            m = mask()
-            return net.head(m * z + (1 - m) * ref_feats[idx])
-
+        st = _InversionState(net=net, ae=ae, theta=torch.ones(ref_feats.shape[1:], device=device, requires_grad=True),
+                             t=t, class_mean=class_mean, ref_feats=ref_feats, gen=gen, device=device,
+                             mask_bound=self.mask_size * ref_feats[0].numel())
+        st.opt_g = torch.optim.Adam(ae.parameters(), lr=self.lr, betas=(0.5, 0.9))
+        st.opt_m = torch.optim.Adam([st.theta], lr=self.mask_lr, betas=(0.5, 0.9))
         for epoch in progress(range(self.n_warmup_epochs + self.n_epochs), f"featurere target {t}"):
             warm = epoch < self.n_warmup_epochs
             sums = {"dist": 0.0, "asr": 0.0, "p": 0.0, "norm": 0.0, "std": 0.0}
             batches = train_batches(data, self.batch_size, device, gen, augmented=False)
             for x, _ in batches:
-                ae.train()
-                theta.requires_grad_(False)
-                yt = torch.full((len(x),), t, dtype=torch.long, device=device)
-                xn = nz.norm(x)
-                with self._autocast(device):
-                    gn = ae(xn).float()
-                    z = net.features(nz.denorm(gn)).float()
-                    logits = (net.head(z) if warm else mixed_logits(z)).float()
-                ce = F.cross_entropy(logits, yt)
-                p_loss = F.mse_loss(gn, xn)
-                dist = F.cosine_similarity(class_mean.flatten(), z.mean(0).flatten(), dim=0)
-                asr = float((logits.argmax(1) == t).float().mean())
-                if warm:
-                    loss = ce + (100 * p_loss if float(p_loss.detach()) > self.p_bound else 0)
-                else:
-                    m = mask()
-                    std = (z * m).std(0).sum() / m.abs().sum()
-                    loss = 5 * dist.clamp_min(0)
-                    if float(std.detach()) > self.std_bound:
-                        loss = loss + std * 10 * (1 + w_std)
-                    if float(p_loss.detach()) > self.p_bound:
-                        loss = loss + p_loss * 10 * (1 + w_p)
-                    if asr < self.asr_threshold:
-                        loss = loss + ce * (1 + w_acc)
-                opt_g.zero_grad(set_to_none=True)
-                if loss.requires_grad:
-                    loss.backward()
-                    opt_g.step()
+                terms = self._transform_step(st, x, warm)
                 if not warm:
-                    ae.eval()
-                    theta.requires_grad_(True)
-                    with torch.no_grad(), self._autocast(device):
-                        z_m = net.features(nz.denorm(ae(xn).float())).float()
-                    with self._autocast(device):
-                        lm = F.cross_entropy(mixed_logits(z_m).float(), yt)
-                    norm = mask().abs().sum()
-                    if float(norm.detach()) > mask_bound:
-                        lm = lm + norm
-                    opt_m.zero_grad(set_to_none=True)
-                    lm.backward()
-                    opt_m.step()
-                    sums["std"] += float(std.detach())
-                    sums["norm"] += float(norm.detach())
-                sums["dist"] += float(dist.detach())
-                sums["asr"] += asr
-                sums["p"] += float(p_loss.detach())
-            if warm:
-                continue
-            av = {key: v / max(1, len(batches)) for key, v in sums.items()}
-            mixed = (av["dist"] - av["asr"] + max(av["p"] - self.p_bound, 0) / self.p_bound
-                     + max(av["norm"] - mask_bound, 0) / mask_bound + max(av["std"] - self.std_bound, 0) / self.std_bound)
-            if mixed < best:
-                best, best_terms = mixed, av
-            w_p = max(av["p"] - self.p_bound, 0) / self.p_bound
-            w_acc = max(self.asr_threshold - av["asr"], 0) / self.asr_threshold
-            w_std = max(av["std"] - self.std_bound, 0) / self.std_bound
+                    terms["norm"] = self._mask_step(st, x)
+                for key, v in terms.items():
+                    sums[key] += v
+            if not warm:
+                self._end_epoch(st, {key: v / max(1, len(batches)) for key, v in sums.items()})
         ae.eval()
-        return {"mixed": best, "terms": best_terms, "mask": mask().detach().cpu(), "ae": ae}
+        return {"mixed": st.best, "terms": st.best_terms, "mask": st.mask().detach().cpu(), "ae": ae}
+
+    def _transform_step(self, st: _InversionState, x: torch.Tensor, warm: bool) -> dict[str, float]:
+        """One Adam step of the transform on batch ``x`` (the mask fixed); returns the batch's terms."""
+        st.ae.train()
+        st.theta.requires_grad_(False)
+        xn = st.nz.norm(x)
+        with autocast(self.amp, st.device):
+            gn = st.ae(xn).float()
+            z = st.net.features(st.nz.denorm(gn)).float()
+            logits = (st.net.head(z) if warm else st.mixed_logits(z)).float()
+        ce = F.cross_entropy(logits, st.target(len(x)))
+        p_loss = F.mse_loss(gn, xn)
+        dist = F.cosine_similarity(st.class_mean.flatten(), z.mean(0).flatten(), dim=0)
+        asr = float((logits.argmax(1) == st.t).float().mean())
+        terms = {"dist": float(dist.detach()), "asr": asr, "p": float(p_loss.detach())}
+        if warm:
+            loss = ce + (100 * p_loss if terms["p"] > self.p_bound else 0)
+        else:
+            m = st.mask()
+            std = (z * m).std(0).sum() / m.abs().sum()
+            terms["std"] = float(std.detach())
+            loss = 5 * dist.clamp_min(0)
+            if terms["std"] > self.std_bound:
+                loss = loss + std * 10 * (1 + st.w_std)
+            if terms["p"] > self.p_bound:
+                loss = loss + p_loss * 10 * (1 + st.w_p)
+            if asr < self.asr_threshold:
+                loss = loss + ce * (1 + st.w_acc)
+        st.opt_g.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+            st.opt_g.step()
+        return terms
+
+    def _mask_step(self, st: _InversionState, x: torch.Tensor) -> float:
+        """One Adam step of the feature mask on batch ``x`` (the transform fixed); returns ``|m|_1`` before it."""
+        st.ae.eval()
+        st.theta.requires_grad_(True)
+        with torch.no_grad(), autocast(self.amp, st.device):
+            z_m = st.net.features(st.nz.denorm(st.ae(st.nz.norm(x)).float())).float()
+        with autocast(self.amp, st.device):
+            lm = F.cross_entropy(st.mixed_logits(z_m).float(), st.target(len(x)))
+        norm = st.mask().abs().sum()
+        if float(norm.detach()) > st.mask_bound:
+            lm = lm + norm
+        st.opt_m.zero_grad(set_to_none=True)
+        lm.backward()
+        st.opt_m.step()
+        return float(norm.detach())
+
+    def _end_epoch(self, st: _InversionState, av: dict[str, float]) -> None:
+        """The epoch's mixed value (kept if the smallest so far) and the next epoch's adaptive weights."""
+        mixed = (av["dist"] - av["asr"] + max(av["p"] - self.p_bound, 0) / self.p_bound
+                 + max(av["norm"] - st.mask_bound, 0) / st.mask_bound
+                 + max(av["std"] - self.std_bound, 0) / self.std_bound)
+        if mixed < st.best:
+            st.best, st.best_terms = mixed, av
+        st.w_p = max(av["p"] - self.p_bound, 0) / self.p_bound
+        st.w_acc = max(self.asr_threshold - av["asr"], 0) / self.asr_threshold
+        st.w_std = max(av["std"] - self.std_bound, 0) / self.std_bound
 
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
         k = net.num_classes
         targets = self._validate(k)
         with timer.phase("features"):
-            zs, ys = [], []
-            with torch.no_grad(), self._autocast(device):
-                for x, y in opt.batches(self.batch_size, device):
-                    zs.append(net.features(x).float())
-                    ys.append(y)
-            feats, y_opt = torch.cat(zs), torch.cat(ys)
+            feats, y_opt = clean_features(net, opt, self.batch_size, device, self.amp)
         results = {}
         with timer.phase("inversion"):
             for t in targets:
@@ -242,24 +271,13 @@ class FeatureRE(Detector):
         with timer.phase("decision"):
             mixed = {t: r["mixed"] for t, r in results.items()}
             target = min(mixed, key=lambda t: mixed[t])
-            ae = results[target]["ae"]
-            nz = Normalizer(net)
-            hits = n = 0
-            examples = None
-            with torch.no_grad(), self._autocast(device):
-                for x, y in evl.batches(self.batch_size, device):
-                    x = x[y != target]
-                    if len(x) == 0:
-                        continue
-                    xg = nz.denorm(ae(nz.norm(x)).float())
-                    hits += int((net(xg).argmax(1) == target).sum())
-                    n += len(x)
-                    if examples is None:
-                        examples = (x[:8].cpu(), xg[:8].float().cpu())
+            ae, nz = results[target]["ae"], Normalizer(net)
+            asr, examples = transfer_asr(net, evl, lambda x: nz.denorm(ae(nz.norm(x)).float()), target,
+                                         self.batch_size, device, self.amp)
         stats = {
             "mixed_values": {str(t): v for t, v in mixed.items()},
             "terms": {str(t): r["terms"] for t, r in results.items()},
-            "transform_asr_eval": hits / max(1, n),
+            "transform_asr_eval": asr,
             "candidates": targets,
         }
         artifacts = {"masks": torch.stack([results[t]["mask"] for t in targets])}
