@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["BanscanError", "HyperParams", "versions", "PhaseTimer", "progress", "resolve_device", "set_progress"]
+__all__ = ["BanscanError", "HyperParams", "versions", "PhaseTimer", "progress", "progress_enabled", "resolve_device",
+           "set_progress"]
 
 T = TypeVar("T")
 _PROGRESS = {"enabled": False}
@@ -91,6 +92,11 @@ class PhaseTimer:
 def set_progress(enabled: bool) -> None:
     """Turn progress bars on or off for long phases (the CLI turns them on)."""
     _PROGRESS["enabled"] = bool(enabled)
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars are on (:func:`set_progress`)."""
+    return _PROGRESS["enabled"]
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:

@@ -84,3 +84,17 @@ def tiny_zoo(tiny_data: ImageData) -> TinyZoo:
     asr = float((pred == TINY_TARGET).float().mean())
     return TinyZoo(clean=clean, backdoored=bd, data=tiny_data, target=TINY_TARGET,
                    clean_acc=accuracy(clean, tiny_data), backdoored_acc=accuracy(bd, tiny_data), asr=asr)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A 2-CPU local Ray instance for the whole session; its workers get this checkout's banscan and the tests'
+    task functions (tests/_ray_jobs.py). Skips where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    from banscan.distributed import _package_dir
+
+    jobs = os.path.join(os.path.dirname(__file__), "_ray_jobs.py")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"py_modules": [_package_dir(), jobs]})
+    yield ray
+    ray.shutdown()

@@ -17,7 +17,7 @@ ROOT = Path(banscan.__file__).parent
 LAYERS = [  # lower layers first; a part may import its own layer or a lower one
     {"_utils", "params", "data", "checkpoints", "models", "noise", "train", "synthetic"},
     {"detectors", "attacks", "mitigation"},
-    {"zoo", "bench", "bench_report", "calibrate", "plots", "demo"},
+    {"zoo", "bench", "bench_report", "calibrate", "plots", "demo", "distributed"},
     {"cli", "__main__"},
 ]
 # Upward imports still to remove (issue 16): file- and zoo-level mitigation read a zoo's defender split.
