@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from banscan.bench import auroc, bootstrap_ci
+
 CANDIDATES = {
     # fused, chosen from the candidates below: the default (1,000 judging images, step batch 128), and cheaper forms
     "ban-fused": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128}),
@@ -43,6 +45,10 @@ CANDIDATES = {
 
 
 CLEAN_LABEL = ("sig", "lc")
+# Verdict thresholds fixed with the candidates: -log10(0.05) for p-value scores, the paper's 0.9 for its share;
+# the noise-only share has none (ranking only).
+THRESHOLDS = {"ban-negmask": 0.9, "ban-noise-r5": None}
+P_THRESHOLD = -math.log10(0.05)
 
 
 def weight_signal(model: torch.nn.Module) -> dict:
@@ -92,11 +98,6 @@ def scan(zoo: str, out: Path, names: list[str], seed: int) -> None:
                 f.flush()
             print(f"{name:20s} {card['id']:34s} score={r['score']:.3f} target={r['target']} "
                   f"(true {card['target']}) {rec['wall_s']:.1f}s", flush=True)
-
-
-def _auroc(pos: list[float], neg: list[float]) -> float:
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg)) if pos and neg else float("nan")
 
 
 def _rates(r: dict) -> np.ndarray:
@@ -154,25 +155,92 @@ def derived(recs: list[dict]) -> list[dict]:
     return out
 
 
-def analyze(out: Path) -> None:
+def _binom_ci(k: int, n: int) -> list[float] | None:
+    """Exact (Clopper-Pearson) 95% interval of a rate k/n; a bootstrap of 0/n would collapse to [0, 0]."""
+    from scipy import stats as st
+
+    if not n:
+        return None
+    ci = st.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return [round(ci.low, 4), round(ci.high, 4)]
+
+
+def _rate(flags: list[bool]) -> dict:
+    return {"k": int(sum(flags)), "n": len(flags), "value": sum(flags) / len(flags) if flags else None,
+            "ci": _binom_ci(int(sum(flags)), len(flags))}
+
+
+def _auroc_ci(pos: list[float], neg: list[float], seed: int) -> dict:
+    return {"value": auroc(pos, neg), "ci": bootstrap_ci(auroc, [pos, neg], n_boot=2000, seed=seed)}
+
+
+def summarize(rs: list[dict], threshold: float | None, seed: int = 0) -> dict:
+    """One candidate's verdict metrics: AUROC (bootstrap over models), rates at its fixed threshold (exact
+    binomial intervals), target right, and the same per attack, per architecture and for the long-trained probe."""
+    clean = [r for r in rs if not r["attack"]]
+    bd = [r for r in rs if r["attack"]]
+    dirty = [r for r in bd if r["attack"] not in CLEAN_LABEL]
+    cs = [r["score"] for r in clean]
+
+    def flagged(r: dict) -> bool:
+        return threshold is not None and r["score"] >= threshold
+
+    def group(b: list[dict], c: list[dict]) -> dict:
+        out = {"n_backdoored": len(b), "n_clean": len(c),
+               "auroc": _auroc_ci([r["score"] for r in b], [r["score"] for r in c], seed),
+               "target_right": _rate([r["target"] == r["true_target"] for r in b])}
+        if threshold is not None:
+            out["tpr"] = _rate([flagged(r) for r in b])
+            out["tpr_target"] = _rate([flagged(r) and r["target"] == r["true_target"] for r in b])
+            out["fpr"] = _rate([flagged(r) for r in c])
+        return out
+
+    long = [r for r in rs if "-e30-" in r["model"]]
+    return {
+        "threshold": threshold, "all": group(bd, clean), "dirty": group(dirty, clean),
+        "attacks": {a: group([r for r in bd if r["attack"] == a], clean) for a in sorted({r["attack"] for r in bd})},
+        "archs": {a: group([r for r in bd if r["arch"] == a], [r for r in clean if r["arch"] == a])
+                  for a in sorted({r["arch"] for r in rs})},
+        "probe_long": group([r for r in long if r["attack"]], [r for r in long if not r["attack"]]),
+        "probe_short": group([r for r in bd if r not in long], [r for r in clean if r not in long]),
+        "s_per_model": {"mean": float(np.mean([r["wall_s"] for r in rs])),
+                        "median": float(np.median([r["wall_s"] for r in rs]))},
+        "clean_scores": sorted(cs, reverse=True),
+    }
+
+
+def _fmt(d: dict) -> str:
+    v, ci = d["value"], d["ci"]
+    return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def analyze(out: Path, summary: Path | None = None, verbose: bool = True) -> None:
     recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     recs += derived(recs)
     by = {}
     for r in recs:
         by.setdefault(r["candidate"], []).append(r)
+    result = {}
     for name, rs in by.items():
-        clean = [r["score"] for r in rs if not r["attack"]]
-        bd = [r for r in rs if r["attack"]]
-        right = sum(r["target"] == r["true_target"] for r in bd)
-        dirty = [r["score"] for r in bd if r["attack"] not in CLEAN_LABEL]
-        fp = sum(s > 1.3 for s in clean)  # -log10(0.05), for the p-value scores
-        tp = sum(r["score"] > 1.3 for r in bd)
-        print(f"\n== {name}: at score > 1.3: {tp}/{len(bd)} flagged, {fp}/{len(clean)} clean flagged; "
-              f"AUROC {_auroc([r['score'] for r in bd], clean):.3f} (dirty-label {_auroc(dirty, clean):.3f}), "
-              f"target right {right}/{len(bd)}, "
-              f"{np.mean([r['wall_s'] for r in rs]):.1f} s/model")
-        for r in sorted(rs, key=lambda r: -r["score"]):
-            print(f"  {r['model']:34s} {r['score']:8.3f}  target {r['target']} (true {r['true_target']})")
+        thr = THRESHOLDS.get(name, P_THRESHOLD)
+        m = result[name] = summarize(rs, thr)
+        a = m["all"]
+        flags = (f"at score >= {thr:.2f}: {a['tpr']['k']}/{a['tpr']['n']} flagged, "
+                 f"clean FPR {a['fpr']['k']}/{a['fpr']['n']} = {_fmt(a['fpr'])}; " if thr is not None else "")
+        print(f"\n== {name}: {flags}AUROC {_fmt(a['auroc'])} (dirty-label {_fmt(m['dirty']['auroc'])}), "
+              f"target right {a['target_right']['k']}/{a['target_right']['n']}, "
+              f"{m['s_per_model']['mean']:.1f} s/model")
+        for att, g in m["attacks"].items():
+            hit = f"{g['tpr']['k']}/{g['tpr']['n']} flagged ({g['tpr_target']['k']} with target), " if thr else ""
+            print(f"   {att:12s} {hit}AUROC {_fmt(g['auroc'])}, target right {g['target_right']['k']}")
+        if verbose:
+            for r in sorted(rs, key=lambda r: -r["score"]):
+                print(f"  {r['model']:36s} {r['score']:8.3f}  target {r['target']} (true {r['true_target']})")
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps({"signals": str(out), "p_threshold": P_THRESHOLD, "candidates": result},
+                                      indent=1) + "\n")
+        print(f"\nsummary written to {summary}")
 
 
 def main() -> None:
@@ -182,6 +250,8 @@ def main() -> None:
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--analyze", action="store_true", help="only print the table of what is in --out")
+    ap.add_argument("--summary", help="write the metrics of every candidate to this JSON file")
+    ap.add_argument("--brief", action="store_true", help="leave out the per-model score lists")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.analyze:
@@ -190,7 +260,7 @@ def main() -> None:
         if bad:
             raise SystemExit(f"unknown candidates {bad}; expected some of {sorted(CANDIDATES)}")
         scan(args.zoo, out, names, args.seed)
-    analyze(out)
+    analyze(out, Path(args.summary) if args.summary else None, verbose=not args.brief)
 
 
 if __name__ == "__main__":
