@@ -40,7 +40,7 @@ def main() -> None:
         for mode in args.modes.split(","):
             if (card["id"], mode) in done:
                 continue
-            r = BAN(bn_mode=mode, seed=args.seed).detect(model, data)
+            r = BAN(**BAN.presets["paper"], bn_mode=mode, seed=args.seed).detect(model, data)  # as measured
             rows.append({"model": card["id"], "attack": card["attack"], "true_target": card["target"],
                          "BA": card["BA"], "ASR": card["ASR"], "bn_mode": mode, "score": r.score,
                          "target": r.target, "share_noise": r.stats["share_noise"],

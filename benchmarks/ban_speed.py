@@ -1,7 +1,8 @@
 """Time one BAN scan of a full-width ResNet-18 on real CIFAR-10: banscan's default, or ``--preset paper``.
 
-500 optimisation images, 5,000 evaluation images (all from the CIFAR-10 test set, disjoint); the default
-statistic ("fused") judges its class-wise noise on the first 1,000 of them, the paper's on all. Prints the time of every phase, the total and the peak memory, and writes JSON.
+500 optimisation images, 5,000 evaluation images (all from the CIFAR-10 test set, disjoint); the default (noise-only
+share, 5 restarts) judges each restart on its own fifth of them, ``--preset fused`` its class-wise noise on the
+first 1,000, the paper's on all. Prints the time of every phase, the total and the peak memory, and writes JSON.
 Weights: random initialisation unless ``--weights`` is given (the cost does not depend on the weights).
 
     python benchmarks/ban_speed.py --out runs/ban_speed.json [--preset paper] [--device cuda] [--bn-mode official]

@@ -214,7 +214,7 @@ def _fmt(d: dict) -> str:
     return "-" if v is None else f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
-def analyze(out: Path, summary: Path | None = None, verbose: bool = True) -> None:
+def analyze(out: Path, summary: Path | None = None, verbose: bool = True, thresholds: dict | None = None) -> None:
     recs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     recs += derived(recs)
     by = {}
@@ -222,7 +222,7 @@ def analyze(out: Path, summary: Path | None = None, verbose: bool = True) -> Non
         by.setdefault(r["candidate"], []).append(r)
     result = {}
     for name, rs in by.items():
-        thr = THRESHOLDS.get(name, P_THRESHOLD)
+        thr = {**THRESHOLDS, **(thresholds or {})}.get(name, P_THRESHOLD)
         m = result[name] = summarize(rs, thr)
         a = m["all"]
         flags = (f"at score >= {thr:.2f}: {a['tpr']['k']}/{a['tpr']['n']} flagged, "
@@ -252,6 +252,8 @@ def main() -> None:
     ap.add_argument("--analyze", action="store_true", help="only print the table of what is in --out")
     ap.add_argument("--summary", help="write the metrics of every candidate to this JSON file")
     ap.add_argument("--brief", action="store_true", help="leave out the per-model score lists")
+    ap.add_argument("--threshold", action="append", default=[], metavar="CANDIDATE=VALUE",
+                    help="a verdict threshold for one candidate instead of its fixed one (repeatable)")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.analyze:
@@ -260,7 +262,11 @@ def main() -> None:
         if bad:
             raise SystemExit(f"unknown candidates {bad}; expected some of {sorted(CANDIDATES)}")
         scan(args.zoo, out, names, args.seed)
-    analyze(out, Path(args.summary) if args.summary else None, verbose=not args.brief)
+    try:
+        thresholds = {k: float(v) for k, v in (t.split("=", 1) for t in args.threshold)}
+    except ValueError:
+        raise SystemExit(f"--threshold takes CANDIDATE=VALUE with a number, got {args.threshold}") from None
+    analyze(out, Path(args.summary) if args.summary else None, verbose=not args.brief, thresholds=thresholds)
 
 
 if __name__ == "__main__":

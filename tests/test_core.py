@@ -17,8 +17,11 @@ from banscan.models import SplitModel, norm_layers
 from banscan.synthetic import make_synthetic
 
 FAST = dict(n_opt=48, n_eval=96, n_steps=3, mask_steps=5, batch_size=32, statistic="negmask")
-# the default statistic ("fused": class-wise noise + MM-BD margins) at a tiny budget
-FAST_DEFAULT = dict(n_opt=48, n_eval=96, class_steps=2, n_class_eval=48, mm_images=2, mm_steps=3, batch_size=32)
+# the "fused" statistic (class-wise noise + MM-BD margins) at a tiny budget
+FAST_FUSED = dict(n_opt=48, n_eval=96, class_steps=2, n_class_eval=48, mm_images=2, mm_steps=3, batch_size=32,
+                  statistic="fused")
+# the default statistic (noise-only share, 5 restarts) at a tiny budget
+FAST_DEFAULT = dict(n_opt=48, n_eval=100, n_steps=3, mask_steps=5, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -245,17 +248,24 @@ def test_ban_leaves_model_untouched_and_is_deterministic(model, data) -> None:
     assert r1.artifacts["mask"].shape == (32, 2, 2)
 
 
-@pytest.mark.parametrize("net", ["resnet", "groupnorm"])
-def test_ban_default_statistic_leaves_model_untouched_and_is_deterministic(model, data, net) -> None:
+@pytest.mark.parametrize("net,params", [("resnet", FAST_DEFAULT), ("groupnorm", FAST_DEFAULT),
+                                        ("resnet", FAST_FUSED), ("groupnorm", FAST_FUSED)])
+def test_ban_statistics_leave_model_untouched_and_are_deterministic(model, data, net, params, caplog) -> None:
     m = model if net == "resnet" else PlainNet(4)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     m.train()
-    r1 = BAN(seed=1, **FAST_DEFAULT).detect(m, data)
+    r1 = BAN(seed=1, **params).detect(m, data)
     assert m.training
-    r2 = BAN(seed=1, **FAST_DEFAULT).detect(m.eval(), data)
+    r2 = BAN(seed=1, **params).detect(m.eval(), data)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert r1.score == r2.score and r1.stats == r2.stats and r1.target == r2.target
-    assert r1.config["statistic"] == "fused" and set(r1.timings) >= {"classwise", "margins", "total"}
+    if params is FAST_FUSED:
+        assert set(r1.timings) >= {"classwise", "margins", "total"}
+    else:  # the default: the noise-only share pooled over 5 restarts, with its built-in threshold
+        assert r1.config["statistic"] == "noise" and r1.config["restarts"] == 5
+        assert len(r1.stats["restart_targets"]) == 5 and r1.score == r1.stats["share_noise"]
+        assert r1.threshold == BAN.noise_threshold and "cifar10-dev" in r1.threshold_source
+        assert "fitted on 10-class models" in caplog.text  # these models have 4 classes
     assert type(r1).from_dict(json.loads(json.dumps(r1.to_dict()))) == r1
 
 
@@ -322,7 +332,7 @@ def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
     assert rc == 0
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["verdict"] in ("clean", "backdoored") and {"score", "threshold", "target", "timings"} <= set(out)
-    assert (tmp_path / "p" / "per_class.png").stat().st_size > 0  # the default statistic's plot
+    assert (tmp_path / "p" / "histograms.png").stat().st_size > 0  # the default statistic's plot
     assert main(base + ["--weights", str(tmp_path / "missing.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("banscan: error:") and "not found" in err[-1]
