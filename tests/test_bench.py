@@ -320,7 +320,7 @@ def test_bench_refuses_mixed_parameters_and_bad_input(handmade_zoo, stub_zoo, tm
 
 def test_report_from_records_alone(tmp_path):
     """Two methods side by side, a failed scan, an unscored record, and no torch work at all."""
-    from banscan.bench_report import write_report
+    from banscan.bench import write_report
 
     recs = [_rec(f"c{i}", s, t=1.0) for i, s in enumerate([0.1, 0.2, 0.3], 1)]
     recs += [_rec("b1", 0.9, "wanet", 0, 0), _rec("b2", 0.4, "blend", 1, 1)]

@@ -30,10 +30,9 @@ def _load_defender_data(data: str | os.PathLike | ImageData, mean: Sequence[floa
     if isinstance(data, ImageData):
         return data
     p = Path(data)
-    if (p / "manifest.json").is_file():  # a zoo: its defender split, with the zoo's normalisation
-        from ..zoo import defender_data
-
-        return defender_data(p)
+    if (p / "manifest.json").is_file():
+        raise BanscanError(f"{p} is a zoo; pass its defender split, banscan.zoo.defender_data({str(p)!r}) (the "
+                           "command line does this for a zoo folder given as --data)")
     from ..data import load_data
 
     return load_data(p, mean, std, split=data_split)
