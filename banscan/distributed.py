@@ -195,6 +195,8 @@ class _Bar:
         self.bar.close()
 
 
+# Ten arguments and 80 lines: the one loop that submits (bounded), waits, writes and cancels; its arguments are
+# the hooks a caller plugs in (writer, failure handler, shared inputs, limits), each documented below.
 def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Hashable, Mapping[str, Any]]], cfg: RayConfig,
               on_result: Callable[[Hashable, Any], None],
               on_failure: Callable[[TaskFailure], None] | None = None,

@@ -359,6 +359,11 @@ def test_bench_on_the_shipped_tiny_zoo(tmp_path):
 
     zoo, out = tmp_path / "zoo", tmp_path / "res"
     assert main(["-q", "zoo", "build", "tiny", "--out", str(zoo)]) == 0
+    # the smoke path: no options; BAN's budget scales down to the 60-image defender split (with a warning)
+    assert main(["-q", "bench", "--zoo", str(zoo), "--methods", "ban", "--out", str(tmp_path / "plain"),
+                 "--bootstrap", "20"]) == 0
+    plain = [json.loads(line) for line in (tmp_path / "plain" / RESULTS_NAME).read_text().splitlines()]
+    assert len(plain) == 4 and all(r["status"] == "ok" and r["params"]["n_opt"] == 30 for r in plain)
     argv = ["-q", "bench", "--zoo", str(zoo), "--methods", "ban", "--out", str(out), "--method-params",
             json.dumps(TINY_BAN), "--bootstrap", "20"]
     assert main(argv) == 0

@@ -61,6 +61,9 @@ def test_zoo_build_on_ray_resumes_after_the_driver_is_killed(ray_zoo):
 
 
 def test_a_model_built_on_ray_is_the_sequential_one(ray_zoo):
+    import torch
+    from safetensors.torch import load
+
     from banscan.zoo.build import _prepare, train_entry
     from banscan.zoo.spec import _plan
 
@@ -69,7 +72,9 @@ def test_a_model_built_on_ray_is_the_sequential_one(ray_zoo):
     entry = next(e for e in _plan(spec) if e["attack"] == "badnets")
     train, test, info, _ = _prepare(spec, out)
     res = train_entry(entry, train, test, info)
-    assert res["weights"] == (out / f"{entry['id']}.safetensors").read_bytes()
+    # Equal values (bytes can differ in the sign of zeros: a process's second training takes other CPU kernels)
+    mine, ray = load(res["weights"]), load((out / f"{entry['id']}.safetensors").read_bytes())
+    assert set(mine) == set(ray) and all(torch.equal(mine[k], ray[k]) for k in mine)
     card = json.loads((out / f"{entry['id']}.json").read_text())
     assert (res["card"]["BA"], res["card"]["ASR"]) == (card["BA"], card["ASR"])
 

@@ -178,7 +178,6 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
     the defender's clean split (``banscan.zoo.defender_data``) repairs, the test split (``test_data``) evaluates.
     """
     from .. import zoo
-    from ..checkpoints import save_weights
     from ..detectors import get_detector
     from ..mitigation import list_mitigations
 
@@ -200,37 +199,51 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
     todo = [(c, [m for m in methods if (c["id"], m) not in done]) for c in cards]
     todo = [(c, ms) for c, ms in todo if ms]
     records: list[dict[str, Any]] = []
-
-    def write(card_id: Any, results: list[dict[str, Any]]) -> None:
-        card = next(c for c, _ in todo if c["id"] == card_id)
-        for r in results:
-            append_jsonl(path, r["record"])
-            if save_models and r["weights"] is not None:
-                from safetensors.torch import load
-
-                save_weights(load(r["weights"]), out_dir / "mitigated" / f"{card_id}.{r['record']['method']}.safetensors",
-                             metadata={"source": card["file"], "method": r["record"]["method"]})
-            records.append(r["record"])
-
+    write = _writer(path, out_dir, {c["id"]: c for c, _ in todo}, save_models, records)
     common = {"defend": defend, "test": test, "params": params, "seed": seed, "verify": verify,
               "verify_params": None if verify_params is None else dict(verify_params)}
     if ray is None:
         for card, ms in todo:
             write(card["id"], repair_model(card, Path(zoo_dir) / card["file"], None, ms, device=device,
                                            zoo_dir=str(zoo_dir), keep_weights=save_models, **common))
-        return records
+    else:
+        _repair_on_ray(todo, Path(zoo_dir), ray, write, {**common, "device": None if device is None else str(device)},
+                       save_models)
+    return records
+
+
+def _writer(path: Path, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], save_models: bool,
+            records: list[dict[str, Any]]) -> Any:
+    """The driver's writer of one model's repair results: records (fsync'd) and, if asked, repaired weights."""
+    from ..checkpoints import save_weights
+
+    def write(card_id: Any, results: list[dict[str, Any]]) -> None:
+        for r in results:
+            append_jsonl(path, r["record"])
+            method = r["record"]["method"]
+            if save_models and r["weights"] is not None:
+                from safetensors.torch import load
+
+                save_weights(load(r["weights"]), out_dir / "mitigated" / f"{card_id}.{method}.safetensors",
+                             metadata={"source": cards[card_id]["file"], "method": method})
+            records.append(r["record"])
+
+    return write
+
+
+def _repair_on_ray(todo: list[tuple[dict[str, Any], list[str]]], zoo_dir: Path, ray: Any, write: Any,
+                   shared: Mapping[str, Any], keep_weights: bool) -> None:
+    """Each model's repairs as one Ray task; the weights and trigger state travel as bytes, read here lazily."""
     from ..distributed import run_tasks
 
     def jobs():
         for card, ms in todo:
-            f = Path(zoo_dir) / f"{card['id']}.attack.safetensors"
-            yield card["id"], {"card": card, "weights": (Path(zoo_dir) / card["file"]).read_bytes(),
-                               "attack_state": f.read_bytes() if f.is_file() else b"", "methods": ms,
-                               "keep_weights": save_models}
+            f = zoo_dir / f"{card['id']}.attack.safetensors"
+            yield card["id"], {"card": card, "weights": (zoo_dir / card["file"]).read_bytes(),
+                               "attack_state": f.read_bytes() if f.is_file() else None, "methods": ms,
+                               "keep_weights": keep_weights, "zoo_dir": None}
 
-    run_tasks(_ray_repair, jobs(), ray, write, total=len(todo), desc="mitigate",
-              shared={**common, "device": None if device is None else str(device)})
-    return records
+    run_tasks(_ray_repair, jobs(), ray, write, total=len(todo), desc="mitigate", shared=shared)
 
 
 def _backdoored_cards(manifest: Mapping[str, Any], ids: Sequence[str] | None, zoo_dir: Any) -> list[dict[str, Any]]:

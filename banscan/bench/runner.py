@@ -349,19 +349,26 @@ def run_bench(cfg: BenchConfig, argv: Sequence[str] | None = None, ray: Any = No
             write(card["id"], scan_model(card, Path(cfg.zoo) / card["file"], data, dets, methods, base, cfg.device,
                                          started))
         return counts
+    _scan_on_ray(todo, Path(cfg.zoo), ray, write, base, det_params,
+                 {"data": data, "detectors": dets, "base": base, "device": cfg.device})
+    return counts
+
+
+def _scan_on_ray(todo: list[tuple[dict[str, Any], list[str]]], zoo: Path, ray: Any, write: Any,
+                 base: Mapping[str, Any], det_params: Mapping[str, Any], shared: Mapping[str, Any]) -> None:
+    """Each model's scans as one Ray task; weights travel as bytes, read here lazily. A task that fails for good
+    (after Ray's retries) leaves one ``error`` record per method, which the next run retries."""
     from ..distributed import run_tasks
+
+    by_id = {c["id"]: (c, ms) for c, ms in todo}
 
     def jobs():  # read lazily: at most a few models' weights are in flight at a time
         for card, methods in todo:
-            yield card["id"], {"card": card, "weights": (Path(cfg.zoo) / card["file"]).read_bytes(),
-                               "methods": methods}
+            yield card["id"], {"card": card, "weights": (zoo / card["file"]).read_bytes(), "methods": methods}
 
     def failed(f: Any) -> None:
-        card = next(c for c, _ in todo if c["id"] == f.key)
-        for m in next(ms for c, ms in todo if c["id"] == f.key):
-            write(f.key, [{**base, "model": f.key, "method": m, "params": det_params[m], **_truth(card),
-                           "status": "error", "error": f"{f.kind}: {f.reason}"}])
+        card, methods = by_id[f.key]
+        write(f.key, [{**base, "model": f.key, "method": m, "params": det_params[m], **_truth(card),
+                       "status": "error", "error": f"{f.kind}: {f.reason}"} for m in methods])
 
-    run_tasks(_ray_scan, jobs(), ray, write, failed, total=len(todo), desc="bench",
-              shared={"data": data, "detectors": dets, "base": base, "device": cfg.device})
-    return counts
+    run_tasks(_ray_scan, jobs(), ray, write, failed, total=len(todo), desc="bench", shared=shared)

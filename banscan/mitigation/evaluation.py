@@ -65,6 +65,8 @@ def evaluate_mitigation(model_before: nn.Module, model_after: nn.Module, test_da
 _SAME_FAMILY = {"ban": ("ban", "ban_scan")}  # detector -> repairs trained against exactly what it measures
 
 
+# Nine arguments: the two models, the data, the detector and its parameters, the repair it judges, seed, device
+# and an earlier scan to reuse; each is a separate fact of the check.
 def verify_repair(model_before: nn.Module, model_after: nn.Module, data: ImageData, detector: str = "nc",
                   params: Mapping[str, Any] | None = None, method: str | None = None, seed: int = 0,
                   device: str | torch.device | None = None, before: Mapping[str, Any] | None = None

@@ -135,6 +135,7 @@ def _prepare(spec: Mapping[str, Any], out: Path) -> tuple[ImageData, ImageData, 
     return train, test, info, manifest
 
 
+# 61 lines: plan, resume check, then the sequential loop or Ray; each step is a call.
 def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLike,
               device: str | torch.device | None = None, retry_failed: bool = False,
               on_model: Callable[[int, int, dict[str, Any], bool], None] | None = None,
@@ -209,7 +210,7 @@ def _ray_train(entry: Mapping[str, Any], train: ImageData, test: ImageData, info
 def _build_on_ray(todo: list[tuple[int, dict[str, Any]]], train: ImageData, test: ImageData,
                   info: Mapping[str, Any], out: Path, device: Any, ray: Any,
                   manifest: Callable[[], dict[str, Any]], on_model: Callable[..., None] | None, n: int) -> None:
-    # Nine arguments: the build's state, passed rather than captured so that build_zoo stays one readable page.
+    # Ten arguments: the build's state, passed rather than captured so that build_zoo stays one readable page.
     from ..distributed import run_tasks
 
     done = [0]
