@@ -113,8 +113,8 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
                           "log_to_driver": True}
     if cfg.address is not None:
         kw["address"] = cfg.address
-    else:
-        kw.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+    else:  # "local": a new instance, even where `ray start` left a cluster that ray.init() would join
+        kw.update(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     try:
         ray.init(**kw)
     except ConnectionError as e:

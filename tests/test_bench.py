@@ -364,6 +364,9 @@ def test_bench_on_the_shipped_tiny_zoo(tmp_path):
                  "--bootstrap", "20"]) == 0
     plain = [json.loads(line) for line in (tmp_path / "plain" / RESULTS_NAME).read_text().splitlines()]
     assert len(plain) == 4 and all(r["status"] == "ok" and r["params"]["n_opt"] == 30 for r in plain)
+    from banscan.bench import BenchRecord
+
+    assert all(BenchRecord.from_dict(r).to_dict() == r for r in plain)  # the record type round-trips its lines
     argv = ["-q", "bench", "--zoo", str(zoo), "--methods", "ban", "--out", str(out), "--method-params",
             json.dumps(TINY_BAN), "--bootstrap", "20"]
     assert main(argv) == 0

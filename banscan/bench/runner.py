@@ -25,7 +25,7 @@ from typing import Any
 
 from .._utils import BanscanError
 from ..params import reject_seed
-from .io import RESULTS_NAME, RUNS_NAME, append_jsonl, read_jsonl, record_key, repair_tail
+from .io import RESULTS_NAME, RUNS_NAME, BenchRecord, append_jsonl, read_jsonl, record_key, repair_tail
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +281,13 @@ def scan_model(card: Mapping[str, Any], weights: Any, data: Any, detectors: Mapp
             raise
         except Exception as e:  # one broken scan must not end a long benchmark; it is recorded and retried
             log.error("%s on %s failed: %s: %s", m, card["id"], type(e).__name__, e)
-            out.append({**rec, "status": "error", "error": f"{type(e).__name__}: {e}"})
+            out.append(BenchRecord(**rec, status="error", error=f"{type(e).__name__}: {e}").to_dict())
             continue
-        out.append(json_safe({
-            **rec, "status": "ok", "score": r.score, "verdict": r.verdict, "threshold": r.threshold,
-            "threshold_source": r.threshold_source, "target": r.target, "timings": r.timings,
-            "load_s": round(load_s, 4), "wall_s": round(wall, 4), "peak_mem_mb": round(mem, 2), "mem_kind": kind,
-            "first_in_process": first, "device": r.device, "stats": r.stats, "versions": r.versions}))
+        out.append(BenchRecord(
+            **rec, status="ok", score=r.score, verdict=r.verdict, threshold=r.threshold,
+            threshold_source=r.threshold_source, target=r.target, timings=r.timings, load_s=round(load_s, 4),
+            wall_s=round(wall, 4), peak_mem_mb=round(mem, 2), mem_kind=kind, first_in_process=first, device=r.device,
+            stats=r.stats, versions=r.versions).to_dict())
         log.info("%s %s: score %.4f target %s (%.1fs)", card["id"], m, r.score, r.target, wall)
     return out
 
@@ -336,7 +336,7 @@ def run_bench(cfg: BenchConfig, argv: Sequence[str] | None = None, ray: Any = No
     log.info("%d of %d (model, method) pairs to scan", n_todo, n_all)
     data = zoo_mod.defender_data(Path(cfg.zoo)) if todo else None
     counts = {"scanned": 0, "errors": 0, "skipped": n_all - n_todo}
-    base = {"schema_version": SCHEMA_VERSION, "seed": cfg.seed, "zoo_id": zoo_id}
+    base = {"seed": cfg.seed, "zoo_id": zoo_id}  # BenchRecord writes the schema_version
 
     def write(_key: Any, recs: list[dict[str, Any]]) -> None:
         for rec in recs:
@@ -368,7 +368,7 @@ def _scan_on_ray(todo: list[tuple[dict[str, Any], list[str]]], zoo: Path, ray: A
 
     def failed(f: Any) -> None:
         card, methods = by_id[f.key]
-        write(f.key, [{**base, "model": f.key, "method": m, "params": det_params[m], **_truth(card),
-                       "status": "error", "error": f"{f.kind}: {f.reason}"} for m in methods])
+        write(f.key, [BenchRecord(**base, model=f.key, method=m, params=det_params[m], **_truth(card),
+                                  status="error", error=f"{f.kind}: {f.reason}").to_dict() for m in methods])
 
     run_tasks(_ray_scan, jobs(), ray, write, failed, total=len(todo), desc="bench", shared=shared)
