@@ -16,7 +16,7 @@ from typing import Any
 
 from ._utils import BanscanError
 
-__all__ = ["read_jsonl", "repair_tail", "append_jsonl"]
+__all__ = ["read_jsonl", "repair_tail", "append_jsonl", "check_schema"]
 log = logging.getLogger(__name__)
 
 
@@ -75,3 +75,10 @@ def append_jsonl(path: str | os.PathLike, rec: Mapping[str, Any]) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def check_schema(d: Mapping[str, Any], expected: int, what: str) -> None:
+    """Refuse a record of another ``schema_version`` (records written before versioning carry none: version 1)."""
+    version = d.get("schema_version", 1)
+    if version != expected:
+        raise BanscanError(f"{what}: schema_version {version!r}, expected {expected}")

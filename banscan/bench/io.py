@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .._utils import BanscanError
-from ..jsonl import append_jsonl, read_jsonl, repair_tail
+from ..jsonl import append_jsonl, check_schema, read_jsonl, repair_tail
 
 __all__ = ["RESULTS_NAME", "RUNS_NAME", "MITIGATION_NAME", "BenchRecord", "read_jsonl", "append_jsonl",
            "repair_tail", "record_key", "load_records"]
@@ -73,10 +73,7 @@ class BenchRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchRecord:
-        version = d.get("schema_version", 1)
-        if version != cls.schema_version:
-            raise BanscanError(f"bench record {d.get('model', '?')}: schema_version {version!r}, expected "
-                               f"{cls.schema_version}")
+        check_schema(d, cls.schema_version, f"bench record {d.get('model', '?')}")
         missing = [k for k in ("model", "method", "status") if k not in d]
         if missing:
             raise BanscanError(f"bench record lacks {missing}; is this a banscan bench results file?")

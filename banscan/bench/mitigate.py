@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._utils import BanscanError, json_safe, resolve_device
-from ..jsonl import append_jsonl, read_jsonl, repair_tail
+from ..jsonl import append_jsonl, check_schema, read_jsonl, repair_tail
 from ..params import with_seed
 from .io import MITIGATION_NAME
 
@@ -59,10 +59,7 @@ class MitigationRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MitigationRecord:
         """Read a record; records written before the schema was versioned carry no ``schema_version`` (v1)."""
-        version = d.get("schema_version", 1)
-        if version != cls.schema_version:
-            raise BanscanError(f"mitigation record {d.get('model', '?')}: schema_version {version!r}, expected "
-                               f"{cls.schema_version}")
+        check_schema(d, cls.schema_version, f"mitigation record {d.get('model', '?')}")
         names = [f.name for f in fields(cls)]
         required = ("model", "method", "BA_before", "BA_after", "ASR_before", "ASR_after", "RA_after", "time_s")
         missing = [k for k in required if k not in d]

@@ -16,6 +16,7 @@ from torch import nn
 
 from .._utils import BanscanError, json_safe
 from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_data
+from ..jsonl import check_schema
 
 SCHEMA_VERSION = 1
 _CACHE: dict[tuple[str, str], ImageData] = {}
@@ -175,9 +176,7 @@ class ZooCard:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ZooCard:
         """Read a card; cards written before the schema was versioned carry no ``schema_version`` and are v1."""
-        version = d.get("schema_version", 1)
-        if version != cls.schema_version:
-            raise BanscanError(f"zoo card {d.get('id', '?')}: schema_version {version!r}, expected {cls.schema_version}")
+        check_schema(d, cls.schema_version, f"zoo card {d.get('id', '?')}")
         names = {f.name for f in fields(cls)} - {"extra"}
         missing = sorted(k for k in names if k not in d and k not in ("attack_info", "victim", "amp"))
         if missing:
