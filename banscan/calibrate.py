@@ -18,6 +18,7 @@ __all__ = ["calibrate_from_folder"]
 _WEIGHT_EXT = {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
 
 
+# Eleven arguments: the library form of `banscan calibrate`, one per option of that command (most keyword-only).
 def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, detector: Detector, *,
                           fpr: float = 0.05, device: str | None = None, arch: str = "resnet18",
                           arch_kwargs: str = "", num_classes: int = 10, mean: Sequence[float] | None = None,

@@ -201,7 +201,7 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
             raise BanscanError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
         shard = (k, n)
     m = build_zoo(args.spec, args.out, device=args.device, retry_failed=args.retry_failed, on_model=report,
-                  shard=shard)
+                  shard=shard, ray=_ray_config(args))
     n_ok = sum(c["status"] == "ok" for c in m["models"])
     print(f"zoo written to {args.out}: {n_ok}/{len(m['models'])} models passed the gate "
           f"(defender split: {m['defender_split']['size']} held-out images)"
@@ -234,7 +234,9 @@ def _add_zoo_parser(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--retry-failed", action="store_true", help="retrain models the quality gate rejected")
     b.add_argument("--shard", default=None, metavar="I/N",
                    help="train only every N-th model starting at I (0-based), to run N builds in parallel "
-                        "into one --out; finish with one run without --shard")
+                        "into one --out shared by the processes; finish with one run without --shard (or use --ray, "
+                        "which needs no shared folder)")
+    _add_ray_args(b)
     b.set_defaults(func=_cmd_zoo_build)
     e = sub.add_parser("eval", help="recompute BA and ASR of every model in a zoo")
     e.add_argument("dir", help="zoo folder (holding manifest.json)")
@@ -242,6 +244,44 @@ def _add_zoo_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data-dir", default=None, help="dataset folder, if it moved since the build")
     e.add_argument("--json", default=None, help="write the rows here")
     e.set_defaults(func=_cmd_zoo_eval)
+
+
+# ------------------------------------------------------------------------------------------------ ray
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray (optional: pip install 'banscan[ray]')")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run each model's job as a Ray task: without ADDRESS on a local Ray instance with this "
+                        "machine's cores and GPUs, with one (e.g. 10.0.0.1:6379, or auto) on that cluster; only this "
+                        "process reads the zoo and writes the results")
+    g.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per Ray task (and its torch threads)")
+    g.add_argument("--gpus-per-task", type=float, default=0.0,
+                   help="GPUs per Ray task; a fraction (0.25) lets several small models share one GPU")
+    g.add_argument("--ray-retries", type=int, default=2, help="retries of a task whose worker died (then recorded)")
+
+
+def _ray_config(args: argparse.Namespace) -> Any:
+    if args.ray is None:
+        for flag, val, default in (("--cpus-per-task", args.cpus_per_task, 1.0),
+                                   ("--gpus-per-task", args.gpus_per_task, 0.0)):
+            if val != default:
+                raise BanscanError(f"{flag} applies to Ray tasks; add --ray")
+        return None
+    from .distributed import RayConfig
+
+    cfg = RayConfig(address=args.ray or None, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+                    max_retries=args.ray_retries)
+    cfg.check()
+    return cfg
+
+
+def _ray_session(cfg: Any) -> Any:
+    import contextlib
+
+    if cfg is None:
+        return contextlib.nullcontext()
+    from .distributed import ray_session
+
+    return ray_session(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -278,6 +318,7 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mitigate-verify", default=None, metavar="DETECTOR",
                    help="scan every model before and after its repair with this detector (e.g. nc), with its "
                         "--method-params if given; the verdicts go to the records and the report")
+    _add_ray_args(p)
     _report_args(p)
     p.set_defaults(func=_cmd_bench)
     bsub = p.add_subparsers(dest="bench_command", metavar="{report}")
@@ -300,16 +341,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                       method_params=det_params,
                       models=tuple(s.strip() for s in args.models.split(",")) if args.models else None)
     _parse_scheme(args.calibration)
-    counts = run_bench(cfg, argv=_command_line(args))
-    print(f"scanned {counts['scanned']}, already done {counts['skipped']}, errors {counts['errors']} "
-          f"-> {Path(args.out) / RESULTS_NAME}")
-    if args.mitigate:
-        from .mitigation import mitigate_zoo
+    ray = _ray_config(args)
+    with _ray_session(ray):  # one Ray instance for the scans and the repairs
+        counts = run_bench(cfg, argv=_command_line(args), ray=ray)
+        print(f"scanned {counts['scanned']}, already done {counts['skipped']}, errors {counts['errors']} "
+              f"-> {Path(args.out) / RESULTS_NAME}")
+        if args.mitigate:
+            from .bench import mitigate_zoo
 
-        recs = mitigate_zoo(args.zoo, mit, out=args.out, params=mit_params, ids=cfg.models, seed=args.seed,
-                            device=args.device, n_images=args.mitigate_images, verify=args.mitigate_verify,
-                            verify_params=cfg.method_params.get(args.mitigate_verify or "", {}))
-        print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
+            recs = mitigate_zoo(args.zoo, mit, out=args.out, params=mit_params, ids=cfg.models, seed=args.seed,
+                                device=args.device, n_images=args.mitigate_images, verify=args.mitigate_verify,
+                                verify_params=cfg.method_params.get(args.mitigate_verify or "", {}), ray=ray)
+            print(f"mitigation: {len(recs)} new records -> {Path(args.out) / MITIGATION_NAME}")
     if args.report:
         return _cmd_report(argparse.Namespace(results=args.out, fpr=args.fpr, calibration=args.calibration,
                                        bootstrap=args.bootstrap, seed=args.seed))
@@ -354,6 +397,9 @@ def _command_line(args: argparse.Namespace) -> list[str]:
                       ("--mitigate-images", args.mitigate_images), ("--mitigate-verify", args.mitigate_verify)):
         if val is not None:
             argv += [flag, str(val)]
+    if args.ray is not None:
+        argv += ["--ray"] + ([args.ray] if args.ray else []) + ["--cpus-per-task", str(args.cpus_per_task),
+                                                               "--gpus-per-task", str(args.gpus_per_task)]
     for flag, vals in (("--param", args.param), ("--params", [args.params] if args.params else []),
                        ("--preset", args.preset)):
         for v in vals:
@@ -362,7 +408,7 @@ def _command_line(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .bench_report import write_report
+    from .bench import write_report
 
     md, html = write_report(args.results, fpr=args.fpr, calibration=args.calibration, n_boot=args.bootstrap,
                             seed=args.seed)
@@ -381,7 +427,12 @@ def _cmd_mitigate(args: argparse.Namespace) -> int:
     params = _one_method_params(type(get_mitigation(args.method)), f"--method {args.method}", args, aliases)
     verify_params = (resolve(type(get_detector(args.verify)), f"--verify {args.verify}",
                              pairs=[s for s in args.verify_params.split(",") if s.strip()]) if args.verify else {})
-    card = mitigate_file(args.arch, args.weights, args.data, args.out, method=args.method,
+    data: Any = args.data
+    if (Path(args.data) / "manifest.json").is_file():  # a zoo: its defender split, with the zoo's normalisation
+        from .zoo import defender_data
+
+        data = defender_data(args.data)
+    card = mitigate_file(args.arch, args.weights, data, args.out, method=args.method,
                          arch_kwargs=parse_kwargs(args.arch_kwargs), num_classes=args.num_classes, mean=args.mean,
                          std=args.std, params=params, holdout=args.holdout, seed=args.seed, device=args.device,
                          data_split=args.data_split, input_size=args.input_size, verify=args.verify,

@@ -113,8 +113,8 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
                           "log_to_driver": True}
     if cfg.address is not None:
         kw["address"] = cfg.address
-    else:
-        kw.update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+    else:  # "local": a new instance, even where `ray start` left a cluster that ray.init() would join
+        kw.update(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     try:
         ray.init(**kw)
     except ConnectionError as e:
@@ -195,6 +195,8 @@ class _Bar:
         self.bar.close()
 
 
+# Ten arguments and 80 lines: the one loop that submits (bounded), waits, writes and cancels; its arguments are
+# the hooks a caller plugs in (writer, failure handler, shared inputs, limits), each documented below.
 def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Hashable, Mapping[str, Any]]], cfg: RayConfig,
               on_result: Callable[[Hashable, Any], None],
               on_failure: Callable[[TaskFailure], None] | None = None,

@@ -29,6 +29,7 @@ def _plt():
     return plt
 
 
+# 65 lines: one figure after another, each a few independent lines; splitting would only add names.
 def save_result_plots(result: DetectionResult, out_dir: str | os.PathLike) -> list[Path]:
     """Save the prediction histograms (without noise, with noise, with noise and negative mask), the per-class
     statistics of the p-value rules (class-wise noise, MM-BD margins) and the mask or trigger artefacts of

@@ -83,6 +83,7 @@ def amp_enabled(amp: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
+# 61 lines: the training loop (schedule, augmentation, hook, amp, timing) reads best in one piece.
 def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = None,
                 batch_hook: BatchHook | None = None, extra_params: list[nn.Parameter] | None = None,
                 device: str | torch.device | None = None) -> dict[str, Any]:

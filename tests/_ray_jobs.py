@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from banscan._utils import BanscanError
+from banscan.detectors import BAN
 
 
 def work(x: int, mode: str = "ok", marker: str | None = None, offset: list[int] | None = None,
@@ -25,3 +26,17 @@ def work(x: int, mode: str = "ok", marker: str | None = None, offset: list[int] 
     if mode == "error":
         raise KeyError(f"job {x} is broken")
     return x + sum(offset or [])
+
+
+
+class DieOnceBAN(BAN):
+    """BAN whose first scan (in any process) kills its worker; ``_marker`` (an instance attribute set by the test,
+    not a constructor parameter, so the parameters and the records are BAN's) is a file that says it happened."""
+
+    _marker = ""
+
+    def detect(self, model, data, device=None):
+        if self._marker and not Path(self._marker).exists():
+            Path(self._marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return super().detect(model, data, device=device)

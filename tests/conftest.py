@@ -94,7 +94,7 @@ def ray_local():
     from banscan.distributed import _package_dir
 
     jobs = os.path.join(os.path.dirname(__file__), "_ray_jobs.py")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"py_modules": [_package_dir(), jobs]})
     yield ray
     ray.shutdown()

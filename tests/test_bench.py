@@ -320,7 +320,7 @@ def test_bench_refuses_mixed_parameters_and_bad_input(handmade_zoo, stub_zoo, tm
 
 def test_report_from_records_alone(tmp_path):
     """Two methods side by side, a failed scan, an unscored record, and no torch work at all."""
-    from banscan.bench_report import write_report
+    from banscan.bench import write_report
 
     recs = [_rec(f"c{i}", s, t=1.0) for i, s in enumerate([0.1, 0.2, 0.3], 1)]
     recs += [_rec("b1", 0.9, "wanet", 0, 0), _rec("b2", 0.4, "blend", 1, 1)]
@@ -359,6 +359,14 @@ def test_bench_on_the_shipped_tiny_zoo(tmp_path):
 
     zoo, out = tmp_path / "zoo", tmp_path / "res"
     assert main(["-q", "zoo", "build", "tiny", "--out", str(zoo)]) == 0
+    # the smoke path: no options; BAN's budget scales down to the 60-image defender split (with a warning)
+    assert main(["-q", "bench", "--zoo", str(zoo), "--methods", "ban", "--out", str(tmp_path / "plain"),
+                 "--bootstrap", "20"]) == 0
+    plain = [json.loads(line) for line in (tmp_path / "plain" / RESULTS_NAME).read_text().splitlines()]
+    assert len(plain) == 4 and all(r["status"] == "ok" and r["params"]["n_opt"] == 30 for r in plain)
+    from banscan.bench import BenchRecord
+
+    assert all(BenchRecord.from_dict(r).to_dict() == r for r in plain)  # the record type round-trips its lines
     argv = ["-q", "bench", "--zoo", str(zoo), "--methods", "ban", "--out", str(out), "--method-params",
             json.dumps(TINY_BAN), "--bootstrap", "20"]
     assert main(argv) == 0

@@ -17,8 +17,9 @@ from banscan.checkpoints import load_weights, save_weights
 from banscan.cli import main
 from banscan.data import ImageData
 from banscan.detectors import get_detector
+from banscan.bench import MitigationRecord, mitigate_zoo
 from banscan.mitigation import (MitigationResult, evaluate_mitigation, get_mitigation, list_mitigations,
-                                mitigate_file, mitigate_zoo, verify_repair)
+                                mitigate_file, verify_repair)
 from banscan.models import create_model
 from banscan.synthetic import make_synthetic
 
@@ -274,7 +275,7 @@ def test_bad_input_is_a_banscan_error(tiny_zoo, tmp_path, capsys):
 def test_mitigate_zoo_appends_records_and_resumes(tiny_zoo, test_set, tmp_path, monkeypatch, verify_params):
     import banscan.attacks
     import banscan.zoo
-    from banscan.mitigation.evaluation import RECORD_FIELDS
+    from dataclasses import fields
 
     zoo = tmp_path / "zoo"
     arch, kw = TINY_ARCH
@@ -293,7 +294,9 @@ def test_mitigate_zoo_appends_records_and_resumes(tiny_zoo, test_set, tmp_path, 
     recs = mitigate_zoo(zoo, methods=["ft"], out=res, params={"ft": FAST["ft"]})
     assert [r["model"] for r in recs] == ["bd0"]  # clean models are skipped
     lines = (res / "mitigation.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and tuple(json.loads(lines[0])) == RECORD_FIELDS
+    assert len(lines) == 1 and set(json.loads(lines[0])) == {f.name for f in fields(MitigationRecord)} | {
+        "schema_version"}
+    assert MitigationRecord.from_dict(json.loads(lines[0])).model == "bd0"
     assert json.loads(lines[0])["ASR_before"] > 0.9 and json.loads(lines[0])["attack"] == "badnets"
     assert mitigate_zoo(zoo, methods=["ft"], out=res, params={"ft": FAST["ft"]}) == []  # resumed: nothing to do
     with open(res / "mitigation.jsonl", "a") as fh:

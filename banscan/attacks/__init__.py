@@ -36,10 +36,13 @@ def get_attack(name: str, **params: Any) -> Attack:
         raise BanscanError(f"bad parameters for attack {name!r}: {e}") from None
 
 
-def attack_from_card(zoo_dir: str | os.PathLike, card: Mapping[str, Any], device: Any = None) -> Attack:
+def attack_from_card(zoo_dir: str | os.PathLike | None, card: Mapping[str, Any], device: Any = None,
+                     state: Mapping[str, Any] | None = None) -> Attack:
     """Rebuild a zoo model's attack (trigger state included) from its card.
 
-    Returns a built :class:`Attack` with ``apply(x01, y) -> x01`` and ``target_labels(y)``.
+    The trigger state is read from ``ZOO/<id>.attack.safetensors``, or given as ``state`` (tensors, or that file's
+    bytes: what a Ray task receives; ``zoo_dir`` may then be ``None``). Returns a built :class:`Attack` with
+    ``apply(x01, y) -> x01`` and ``target_labels(y)``.
     """
     from safetensors.torch import load_file
 
@@ -50,7 +53,14 @@ def attack_from_card(zoo_dir: str | os.PathLike, card: Mapping[str, Any], device
     if not shape:
         raise BanscanError(f"card of {card.get('id')!r} has no image_shape; rebuild the zoo")
     attack.build(tuple(shape), int(card["num_classes"]), device)
-    f = Path(zoo_dir) / f"{card['id']}.attack.safetensors"
+    if state is not None and attack.state_dict():
+        if isinstance(state, (bytes, bytearray)):
+            from safetensors.torch import load
+
+            state = load(bytes(state))
+        attack.load_state_dict(dict(state))
+        return attack
+    f = Path(zoo_dir or ".") / f"{card['id']}.attack.safetensors"
     if attack.state_dict():
         if not f.is_file():
             raise BanscanError(f"{f} is missing: attack {card['attack']!r} needs its saved trigger state")

@@ -50,6 +50,7 @@ class IAD(Attack):
     reference = "Nguyen & Tran, Input-Aware Dynamic Backdoor Attack, NeurIPS 2020"
     per_batch = True  # poisons a share of every batch, as its paper does
 
+    # One keyword argument per hyperparameter (the estimator contract, docs/architecture.md): no logic here.
     def __init__(self, *, target: int = 0, poison_rate: float = 0.1, p_cross: float = 0.1,
                  mask_density: float = 0.032, lambda_div: float = 1.0, lambda_norm: float = 100.0, width: int = 16,
                  mode: str = "all2one", seed: int = 0) -> None:

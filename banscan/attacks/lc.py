@@ -48,6 +48,7 @@ class LabelConsistent(Attack):
     clean_label = True
     reference = "Turner et al., Label-Consistent Backdoor Attacks, arXiv:1912.02771 (2019)"
 
+    # One keyword argument per hyperparameter (the estimator contract, docs/architecture.md): no logic here.
     def __init__(self, *, target: int = 0, poison_rate: float = 0.5, eps: float = 16 / 255, pgd_steps: int = 10,
                  patch_size: int = 3, trigger_alpha: float = 1.0, surrogate_arch: str = "resnet18",
                  surrogate_kwargs: dict | None = None, surrogate_epochs: int = 2, seed: int = 0) -> None:

@@ -42,6 +42,7 @@ class SSDT(IAD):
     modes = ("all2one",)
     reference = "Mo et al., TED, IEEE S&P 2024 (source-specific dynamic trigger); BAN, NeurIPS 2024"
 
+    # One keyword argument per hyperparameter (the estimator contract, docs/architecture.md): no logic here.
     def __init__(self, *, target: int = 0, victim: int = 1, poison_rate: float = 0.1, p_cross: float = 0.1,
                  mask_density: float = 0.032, lambda_div: float = 1.0, lambda_norm: float = 100.0,
                  width: int = 16, seed: int = 0) -> None:

@@ -1,7 +1,7 @@
 """Backdoor removal: BAN's noise fine-tuning and baselines behind one interface and one command.
 
 Adding a method: one module with ``@register_mitigation("name")`` on a :class:`Mitigation` subclass and one
-import below. ``banscan mitigate`` and :func:`mitigate_zoo` pick it up.
+import below. ``banscan mitigate`` and :func:`banscan.bench.mitigate_zoo` pick it up.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from .ban_ft import BANFineTune, BANScanFineTune  # noqa: E402
 from .anp import ANP  # noqa: E402
 from .btidbf_u import BTIDBFUnlearn  # noqa: E402
 from ._files import mitigate_file  # noqa: E402
-from .evaluation import evaluate_mitigation, mitigate_zoo, verify_repair  # noqa: E402
+from .evaluation import evaluate_mitigation, verify_repair  # noqa: E402
 
 __all__ = ["ANP", "BANFineTune", "BANScanFineTune", "BTIDBFUnlearn", "FineTune", "Mitigation", "MitigationResult",
-           "evaluate_mitigation", "get_mitigation", "list_mitigations", "mitigate_file", "mitigate_zoo",
+           "evaluate_mitigation", "get_mitigation", "list_mitigations", "mitigate_file",
            "register_mitigation", "verify_repair"]

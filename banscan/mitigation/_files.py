@@ -30,10 +30,9 @@ def _load_defender_data(data: str | os.PathLike | ImageData, mean: Sequence[floa
     if isinstance(data, ImageData):
         return data
     p = Path(data)
-    if (p / "manifest.json").is_file():  # a zoo: its defender split, with the zoo's normalisation
-        from ..zoo import defender_data
-
-        return defender_data(p)
+    if (p / "manifest.json").is_file():
+        raise BanscanError(f"{p} is a zoo; pass its defender split, banscan.zoo.defender_data({str(p)!r}) (the "
+                           "command line does this for a zoo folder given as --data)")
     from ..data import load_data
 
     return load_data(p, mean, std, split=data_split)
@@ -46,6 +45,9 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
                   device: str | None = None, data_split: str = "test", input_size: int | None = None,
                   verify: str | None = None, verify_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Repair the model in ``weights``; write ``out`` (.safetensors) and its model card ``out`` with ``.json``.
+
+    Seventeen arguments: the library form of ``banscan mitigate``, one per option of that command (the model's
+    description, the data's, the repair's and the verification's), each with a default but the first four.
 
     ``data`` (a data path as for :func:`banscan.load_data`, a zoo folder, whose defender split is used, or
     :class:`ImageData`) is split, stratified and seeded, into a part that repairs and a held-out ``holdout``
@@ -86,24 +88,8 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     ev = evaluate_mitigation(model, res.model, held, device=device)
     ver = (verify_repair(model, res.model, fit, verify, verify_params, method=method, seed=seed, device=device)
            if verify is not None else None)
-    card = {
-        "schema_version": CARD_SCHEMA,
-        "kind": "banscan-mitigated-model",
-        "file": dst.name,
-        "source": {"path": str(src.resolve()), "sha256": sha_in},
-        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "num_classes": num_classes,
-        "mean": list(clean.mean), "std": list(clean.std),
-        "procedure": {"method": method, "class": type(mitigation).__name__,
-                      "summary": (type(mitigation).__doc__ or "").strip().splitlines()[0],
-                      "module": type(mitigation).__module__},
-        "config": res.config, "stats": res.stats, "timings": res.timings, "versions": res.versions,
-        "device": res.device, "seed": seed,
-        "data": {"source": clean.source, "n_images": len(clean), "n_repair": len(fit), "n_heldout": len(held),
-                 "split_seed": seed},
-        "evaluation": {"split": "held-out clean data", "BA_before": ev["BA_before"], "BA_after": ev["BA_after"],
-                       "n": ev["n_test"]},
-        "verification": ver,
-    }
+    card = _card(dst, src, sha_in, arch, arch_kwargs, num_classes, clean, mitigation, res, seed, len(fit),
+                 len(held), ev, ver)
     save_weights(res.model, dst, metadata={"source_sha256": sha_in, "method": method})
     card["sha256"] = _sha256(dst)
     if _sha256(src) != sha_in:  # cannot happen through banscan; a guard against a concurrent writer
@@ -112,3 +98,27 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     tmp.write_text(json.dumps(json_safe(card), indent=2, sort_keys=True))
     os.replace(tmp, dst.with_suffix(".json"))
     return card
+
+
+def _card(dst: Path, src: Path, sha_in: str, arch: str, arch_kwargs: Mapping[str, Any] | None, num_classes: int,
+          clean: ImageData, mitigation: Any, res: Any, seed: int, n_repair: int, n_held: int,
+          ev: Mapping[str, Any], ver: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Fourteen arguments: every fact the card records, gathered by mitigate_file; a plain record builder.
+    return {
+        "schema_version": CARD_SCHEMA,
+        "kind": "banscan-mitigated-model",
+        "file": dst.name,
+        "source": {"path": str(src.resolve()), "sha256": sha_in},
+        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "num_classes": num_classes,
+        "mean": list(clean.mean), "std": list(clean.std),
+        "procedure": {"method": mitigation.name, "class": type(mitigation).__name__,
+                      "summary": (type(mitigation).__doc__ or "").strip().splitlines()[0],
+                      "module": type(mitigation).__module__},
+        "config": res.config, "stats": res.stats, "timings": res.timings, "versions": res.versions,
+        "device": res.device, "seed": seed,
+        "data": {"source": clean.source, "n_images": len(clean), "n_repair": n_repair, "n_heldout": n_held,
+                 "split_seed": seed},
+        "evaluation": {"split": "held-out clean data", "BA_before": ev["BA_before"], "BA_after": ev["BA_after"],
+                       "n": ev["n_test"]},
+        "verification": ver,
+    }

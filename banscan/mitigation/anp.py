@@ -78,6 +78,7 @@ class ANP(Mitigation):
         True
     """
 
+    # One keyword argument per hyperparameter (the estimator contract, docs/architecture.md): no logic here.
     def __init__(self, *, eps: float = 0.4, n_steps: int = 1, alpha: float = 0.2, mask_lr: float = 0.2,
                  n_iters: int = 2000, prune_by: str = "threshold", threshold: float = 0.2,
                  max_acc_drop: float = 0.02, holdout: float = 0.2, batch_size: int = 128, augment: bool = True,

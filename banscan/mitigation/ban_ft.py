@@ -105,6 +105,7 @@ class BANFineTune(FineTune):
         ('ban', False)
     """
 
+    # One keyword argument per hyperparameter (the estimator contract, docs/architecture.md): no logic here.
     def __init__(self, *, eps: float = 0.3, n_steps: int = 1, lambda_rob: float = 0.5, project: bool = False,
                  bn_mode: str = "clean", epochs: int = 25, lr: float = 0.005, momentum: float = 0.9,
                  weight_decay: float = 5e-4, batch_size: int = 128, augment: bool = True, amp: bool = False,
