@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["BanscanError", "HyperParams", "versions", "PhaseTimer", "progress", "progress_enabled", "resolve_device",
+__all__ = ["BanscanError", "HyperParams", "Registry", "versions", "PhaseTimer", "progress", "progress_enabled", "resolve_device",
            "set_progress"]
 
 T = TypeVar("T")
@@ -34,6 +34,38 @@ class HyperParams:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+class Registry:
+    """Algorithms of one kind by name (detectors, attacks, mitigations): ``@registry.register("name")`` on a
+    :class:`HyperParams` class; :meth:`create` builds one and rejects unknown parameters, listing the valid ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type] = {}
+
+    def register(self, name: str):
+        def deco(cls: type) -> type:
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self._classes:
+            raise BanscanError(f"unknown {self.kind} {name!r}; expected one of {self.names()}")
+        return self._classes[name]
+
+    def create(self, name: str, **params: Any) -> Any:
+        cls = self[name]
+        valid = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+        unknown = sorted(k for k in params if k not in valid)
+        if unknown:
+            raise BanscanError(f"{self.kind} {name!r} does not take {unknown}; it takes {valid}")
+        return cls(**params)
 
 
 def versions() -> dict[str, str]:

@@ -118,10 +118,27 @@ def test_get_params_roundtrip(name):
     assert a.get_params() == b.get_params()
 
 
+@pytest.mark.parametrize("kind", ["detector", "mitigation", "attack"])
+def test_one_registry_rule_for_every_kind(kind):
+    """Detectors, mitigations and attacks refuse unknown names and parameters the same way."""
+    from banscan.attacks import list_attacks
+    from banscan.detectors import get_detector, list_detectors
+    from banscan.mitigation import get_mitigation, list_mitigations
+
+    get, names = {"detector": (get_detector, list_detectors), "mitigation": (get_mitigation, list_mitigations),
+                  "attack": (get_attack, list_attacks)}[kind]
+    with pytest.raises(BanscanError, match=f"unknown {kind} 'nope'; expected one of"):
+        get("nope")
+    for name in names():
+        assert get(name).name == name
+        with pytest.raises(BanscanError, match=rf"{kind} '{name}' does not take \['zzz'\]; it takes \["):
+            get(name, zzz=1)
+
+
 def test_registry_errors():
     with pytest.raises(BanscanError, match="unknown attack"):
         get_attack("nope")
-    with pytest.raises(BanscanError, match="bad parameters"):
+    with pytest.raises(BanscanError, match=r"attack 'badnets' does not take \['size'\]; it takes .*patch_size"):
         get_attack("badnets", size=3)
     with pytest.raises(BanscanError, match="mode"):
         get_attack("sig", mode="all2all")  # clean-label SIG defines no all-to-all mode

@@ -7,33 +7,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._utils import BanscanError
+from .._utils import BanscanError, Registry
 from ._base import Attack
 
-_REGISTRY: dict[str, type[Attack]] = {}
+_REGISTRY = Registry("attack")
 
 
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    def deco(cls: type[Attack]) -> type[Attack]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_attacks() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_attack(name: str, **params: Any) -> Attack:
-    """Instantiate a registered attack by name with keyword hyperparameters."""
-    if name not in _REGISTRY:
-        raise BanscanError(f"unknown attack {name!r}; expected one of {list_attacks()}")
-    try:
-        return _REGISTRY[name](**params)
-    except TypeError as e:
-        raise BanscanError(f"bad parameters for attack {name!r}: {e}") from None
+    """Instantiate a registered attack by name with keyword hyperparameters (unknown ones are refused)."""
+    return _REGISTRY.create(name, **params)
 
 
 def attack_from_card(zoo_dir: str | os.PathLike | None, card: Mapping[str, Any], device: Any = None,

@@ -4,33 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .._utils import BanscanError
+from .._utils import Registry
 from ._base import DetectionResult, Detector, Evidence, calibrate_threshold
 
-_REGISTRY: dict[str, type[Detector]] = {}
+_REGISTRY = Registry("detector")
 
 
 def register_detector(name: str) -> Callable[[type[Detector]], type[Detector]]:
-    def deco(cls: type[Detector]) -> type[Detector]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_detectors() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_detector(name: str, **params) -> Detector:
-    """Instantiate a registered detector by name with keyword hyperparameters."""
-    if name not in _REGISTRY:
-        raise BanscanError(f"unknown detector {name!r}; expected one of {list_detectors()}")
-    try:
-        return _REGISTRY[name](**params)
-    except TypeError as e:
-        raise BanscanError(f"bad parameters for detector {name!r}: {e}") from None
+    """Instantiate a registered detector by name with keyword hyperparameters (unknown ones are refused)."""
+    return _REGISTRY.create(name, **params)
 
 
 from .ban import BAN  # noqa: E402

@@ -6,39 +6,25 @@ import below. ``banscan mitigate`` and :func:`banscan.bench.mitigate_zoo` pick i
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
-from .._utils import BanscanError
+from .._utils import Registry
 from ._base import Mitigation, MitigationResult
 
-_REGISTRY: dict[str, type[Mitigation]] = {}
+_REGISTRY = Registry("mitigation")
 
 
 def register_mitigation(name: str) -> Callable[[type[Mitigation]], type[Mitigation]]:
-    def deco(cls: type[Mitigation]) -> type[Mitigation]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_mitigations() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_mitigation(name: str, **params) -> Mitigation:
-    """Instantiate a registered mitigation by name with keyword hyperparameters."""
-    if name not in _REGISTRY:
-        raise BanscanError(f"unknown mitigation {name!r}; expected one of {list_mitigations()}")
-    cls = _REGISTRY[name]
-    valid = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-    unknown = sorted(k for k in params if k not in valid)
-    if unknown:
-        raise BanscanError(f"mitigation {name!r} does not take {unknown}; it takes {valid}")
-    return cls(**params)
-
+    """Instantiate a registered mitigation by name with keyword hyperparameters (unknown ones are refused)."""
+    return _REGISTRY.create(name, **params)
 
 
 from .finetune import FineTune  # noqa: E402
