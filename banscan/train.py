@@ -83,6 +83,11 @@ def amp_enabled(amp: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
+def autocast(amp: bool | None, device: torch.device):
+    """The project's one bfloat16 autocast context, on or off by :func:`amp_enabled`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_enabled(amp, device))
+
+
 # 61 lines: the training loop (schedule, augmentation, hook, amp, timing) reads best in one piece.
 def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = None,
                 batch_hook: BatchHook | None = None, extra_params: list[nn.Parameter] | None = None,
@@ -125,7 +130,7 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
                     extra_loss = hooked[2]
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(amp, dev):
                 out = net(xb)
             loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
             if extra_loss is not None:
@@ -159,7 +164,7 @@ def predict(model: nn.Module, data: ImageData, transform: Callable[[torch.Tensor
         for x, _ in data.batches(batch_size, dev):
             if transform is not None:
                 x = transform(x)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with autocast(dev.type == "cuda", dev):
                 preds.append(net(x).argmax(1).cpu())
     finally:
         model.train(was_training)

@@ -40,7 +40,7 @@ from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
-from ..train import amp_enabled
+from ..train import amp_enabled, autocast
 from . import register_detector
 from ._base import Detector, Evidence, class_hist
 from ._outlier import fisher_pvalue, mad_index, max_class_pvalue
@@ -188,7 +188,7 @@ class BAN(Detector):
         return amp_enabled(self.amp, device)
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_amp(device))
+        return autocast(self.amp, device)
 
     # ---------------------------------------------------------------- phases
     def _features(self, net: SplitModel, data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

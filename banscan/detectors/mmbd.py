@@ -27,7 +27,7 @@ import torch
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
-from ..train import amp_enabled
+from ..train import amp_enabled, autocast
 from . import register_detector
 from ._base import Detector, Evidence
 from ._outlier import mad_index, max_class_pvalue
@@ -87,7 +87,7 @@ class MMBD(Detector):
         steps = torch.zeros(k, dtype=torch.long)
         with timer.phase("margins"):
             for _ in progress(range(self.n_steps), "margins"):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with autocast(amp, device):
                     logits = net(x.clamp(0, 1)).float()
                 per_class = -_margins(logits, labels).view(k, self.n_images).sum(1)
                 (g,) = torch.autograd.grad(per_class[active].sum(), x)

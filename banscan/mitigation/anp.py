@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
+from ..train import autocast
 from ..models import norm_layers, SplitModel
 from ..noise import NeuronNoise, bn_batch_stats
 from . import register_mitigation
@@ -67,7 +68,7 @@ class ANP(Mitigation):
         holdout: share of the clean data held out to choose the threshold (``prune_by="accuracy"``).
         batch_size: images per step.
         augment: random crop (padding 4) and horizontal flip on the mask-fitting batches.
-        amp: bfloat16 autocast for the forward passes.
+        amp: bfloat16 autocast for the forward passes (``None``: where the hardware supports it, as the detectors).
         seed: seeds the batches, the augmentation, the noise and the hold-out split.
 
     Example:
@@ -114,7 +115,7 @@ class ANP(Mitigation):
             raise BanscanError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}")
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.amp))
+        return autocast(self.amp, device)
 
     def fit_masks(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device
                   ) -> tuple[list[torch.Tensor], list[float]]:

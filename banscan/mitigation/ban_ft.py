@@ -94,7 +94,7 @@ class BANFineTune(FineTune):
         weight_decay: SGD weight decay.
         batch_size: images per step; each epoch is shuffled.
         augment: random crop (padding 4) and horizontal flip, as in training.
-        amp: bfloat16 autocast for the forward passes.
+        amp: bfloat16 autocast for the forward passes (``None``: where the hardware supports it, as the detectors).
         seed: seeds the shuffling, the augmentation and the noise.
 
     Example:

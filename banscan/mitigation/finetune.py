@@ -14,6 +14,7 @@ import torch
 from ..models import SplitModel
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
+from ..train import autocast
 from . import register_mitigation
 from ._base import Mitigation, check_positive, cross_entropy, train_batches
 
@@ -31,7 +32,7 @@ class FineTune(Mitigation):
         weight_decay: SGD weight decay.
         batch_size: images per step; each epoch is shuffled.
         augment: random crop (padding 4) and horizontal flip, as in training.
-        amp: bfloat16 autocast for the forward passes.
+        amp: bfloat16 autocast for the forward passes (``None``: where the hardware supports it, as the detectors).
         seed: seeds the shuffling and the augmentation.
 
     Example:
@@ -64,7 +65,7 @@ class FineTune(Mitigation):
             raise BanscanError(f"momentum must be in [0, 1), got {self.momentum!r}")
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.amp))
+        return autocast(self.amp, device)
 
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
