@@ -53,6 +53,7 @@ Remaining departures from the official code (the rest follows the official code 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
@@ -295,16 +296,21 @@ class BTIDBF(Detector):
         gen_net.eval()
         return nz.denorm(gen_net(xn).float())
 
-    def invert(self, net: SplitModel, gen_net: UNet, opt: ImageData, gen: torch.Generator, device: torch.device
-               ) -> tuple[SplitModel, torch.Tensor, UNet, dict[str, list[float]]]:
+    def invert(self, net: SplitModel, gen_net: UNet, opt: ImageData, gen: torch.Generator, device: torch.device,
+               timer: PhaseTimer | None = None) -> tuple[SplitModel, torch.Tensor, UNet, dict[str, list[float]]]:
         """Phases 2 and 3 from a pre-trained ``gen_net``, as the official code runs them: the mask on a private
         copy of ``net`` in train mode, then a copy of the generator trained against that same copy in eval mode.
         ``net`` and ``gen_net`` are not modified. Returns the copy, the mask, the generator and its history
-        (``mask_loss`` included)."""
+        (``mask_loss`` included); ``timer`` times the phases as ``mask`` and ``generator``."""
+        def phase(name: str):
+            return timer.phase(name) if timer is not None else contextlib.nullcontext()
+
         inv = private_copy(net)
-        mask, mask_losses = self.fit_mask(inv, opt, gen, device)
-        bd_net = copy.deepcopy(gen_net)
-        hist = self.train_backdoor_generator(inv, bd_net, mask, opt, gen, device)
+        with phase("mask"):
+            mask, mask_losses = self.fit_mask(inv, opt, gen, device)
+        with phase("generator"):
+            bd_net = copy.deepcopy(gen_net)
+            hist = self.train_backdoor_generator(inv, bd_net, mask, opt, gen, device)
         return inv, mask, bd_net, {**hist, "mask_loss": mask_losses}
 
     def bounds(self, net: SplitModel, mask: torch.Tensor, x01: torch.Tensor, xg01: torch.Tensor
@@ -330,8 +336,7 @@ class BTIDBF(Detector):
         gen_net = seeded_unet(gen, channels, self.unet_filters, self.unet_blocks, device, self.residual)
         with timer.phase("pretrain"):
             pre_losses = self.pretrain_generator(net, gen_net, opt, gen, device)
-        with timer.phase("invert"):
-            inv, mask, bd_net, hist_gen = self.invert(net, gen_net, opt, gen, device)
+        inv, mask, bd_net, hist_gen = self.invert(net, gen_net, opt, gen, device, timer)
         with timer.phase("decision"):
             preds_clean, preds_gen, ys = [], [], []
             sums = {"norm": 0.0, "feat": 0.0, "clean_ms": 0.0}
