@@ -32,7 +32,7 @@ models it may be far too loose or too tight; ``stats["bounds"]["clean_feat_mean_
 ``batches_per_epoch`` caps the batches of each epoch, so an equal-cost run is one ``--param`` away
 (e.g. ``--param budget=0.1``); the counts used are in ``stats["epochs_used"]``.
 
-**BTI-DBF\*** (``star=True``) is *our reading* of the variant the BAN paper evaluates, not a published
+``BTI-DBF*`` (``star=True``) is *our reading* of the variant the BAN paper evaluates, not a published
 specification: we add BAN's term ``mask_lambda * |m|_1 / sg(|m|_1)`` to the mask loss.
 
 Remaining departures from the official code (the rest follows the official code as we read it):
