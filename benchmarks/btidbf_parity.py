@@ -10,7 +10,7 @@ directory, with a separate interpreter (``--official-python``; torch 2.14.1 / to
 project's install). The two codes' decision images differ by design: the official ``get_target_label`` scores
 the augmented optimisation images, banscan its disjoint evaluation images; both add N(0, 0.03^2) noise first.
 
-Run (about 10 min of one CPU thread at the default budget):
+Run (about 19 min of one CPU thread at the default budget: 3 models, about 3 min per side each):
 
     OMP_NUM_THREADS=1 python benchmarks/btidbf_parity.py --official-python /tmp/official-env/bin/python
 """
