@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
 
-    python benchmarks/detector_speed.py                      # full-width ResNet-18, official defaults
+    python benchmarks/detector_speed.py                      # full-width ResNet-18, each detector's defaults
     python benchmarks/detector_speed.py --weights m.safetensors --device cuda --out speed.json
     python benchmarks/detector_speed.py --quick              # seconds-long smoke run (narrow model, tiny budgets)
     python benchmarks/detector_speed.py --set featurere.n_epochs=50 --set nc.n_epochs=5
@@ -13,8 +13,9 @@ safetensors state dict; random weights time the same work per step, but detector
 data-dependent branches (BTI-DBF's bound switch) may take different paths on a trained model. Images are the
 first ``n_opt + n_eval`` of ``../shared/data/cifar10/test.npz``; every detector gets the same ``n_opt``
 (optimisation) and ``n_eval`` (decision) images (the official BTI-DBF budget, 5% of CIFAR-10 = 2,500, by
-default). Prints per-phase timings and the forward/backward passes the official BTI-DBF defaults imply, and
-writes everything as JSON.
+default). The defaults are the official ones for BTI-DBF and FeatureRE and BackdoorBench's for Neural Cleanse
+(the keys of its ``original`` and ``fast`` presets can be given with ``--set nc.KEY=VALUE``). Prints per-phase
+timings and the forward/backward passes the official BTI-DBF defaults imply, and writes everything as JSON.
 
 ``--epoch-scale S`` runs every epoch-counted phase with ``max(1, round(S * epochs))`` epochs and also reports
 the time extrapolated to the full epoch counts (each such phase's measured time times full/run epochs; the other

@@ -1,36 +1,59 @@
 """BTI-DBF: backdoor trigger inversion via decoupling benign features (Xu et al., ICLR 2024).
 
-Paper: https://openreview.net/forum?id=Tw9wemV6cb. Official code: github.com/xuxiong0214/BTIDBF.
+Paper: https://openreview.net/forum?id=Tw9wemV6cb. Official code: github.com/xuxiong0214/BTIDBF (``pretrain.py``,
+``btidbf.py``, ``models/unet_model.py``, ``models/mask.py``, ``evaluate.py``, ``cfg.py``; read at ``e680dda``).
 
 Three phases, all on the optimisation part of the defender's clean data (the official code uses 5% of
 CIFAR-10's training set, 2,500 images, hence ``n_opt=2500``), each "epoch" one shuffled, augmented pass:
 
-1. **Generator pre-training** (per model, ``n_pretrain_epochs=50``): a UNet ``G`` (32 filters, 4 levels) is
-   trained, in the model's normalised input space, to reproduce its input as the classifier sees it:
-   ``CE(softmax(f(x)), softmax(f(G(x)))) + MSE(h(x), h(G(x))) + w * MSE(x, G(x))`` with ``w = 100`` while the
-   input MSE is above 0.1 and ``0.01`` below (the official loss, including its cross-entropy taken over
-   softmax outputs).
-2. **Benign-feature mask** (``n_mask_epochs=20``, Adam lr 0.01): ``m = tanh(theta) / 2 + 0.5`` on the feature map
-   ``h(x)`` minimises ``CE(g(m * h(x)), y) - CE(g((1 - m) * h(x)), y)``. ``star=True`` gives BTI-DBF*, the
-   variant the BAN paper evaluates, which adds BAN's term ``mask_lambda * |m|_1 / sg(|m|_1)``.
-3. **Backdoor generator** (``n_gen_epochs=30``, Adam lr 1e-3, starting from the pre-trained ``G``): per batch,
-   if ``MSE(x, G(x)) > norm_bound`` (0.3) or the benign-feature MSE ``MSE(m h(x), m h(G(x))) > feat_bound`` (3),
-   the loss is the input MSE (pull back into the bounds); otherwise it is
-   ``-MSE((1-m) h(x), (1-m) h(G(x))) + 0.01 * MSE(m h(x), m h(G(x)))`` (push the non-benign features away).
+1. **Generator pre-training** (per model, ``n_pretrain_epochs=50``, classifier in eval mode): the official UNet
+   ``G`` (32 filters, 4 levels) is trained, in the model's normalised input space, to reproduce its input as the
+   classifier sees it: ``CE(softmax(f(x)), softmax(f(G(x)))) + MSE(h(x), h(G(x))) + w * MSE(x, G(x))`` with
+   ``w = 100`` while the input MSE is above 0.1 and ``0.01`` below (the official loss, including its
+   cross-entropy taken over softmax outputs).
+2. **Benign-feature mask** (``n_mask_epochs=20``, Adam lr 0.01): ``m = tanh(theta) / (2 + 1e-7) + 0.5`` (the
+   official epsilon) on the feature map ``h(x)`` minimises ``CE(g(m * h(x)), y) - CE(g((1 - m) * h(x)), y)``.
+   As in the official code the classifier runs in **train mode** here (BatchNorm uses batch statistics and
+   updates its running statistics), on a private copy: the caller's model is never touched. The later phases
+   and the decision use that copy, as the official script goes on with the same classifier object.
+3. **Backdoor generator** (``n_gen_epochs=30``, Adam lr 1e-3, starting from the pre-trained ``G``, classifier
+   in eval mode): per batch, if ``MSE(x, G(x)) > norm_bound`` (0.3) or the benign-feature MSE
+   ``MSE(m h(x), m h(G(x))) > feat_bound`` (3), the loss is the input MSE (pull back into the bounds);
+   otherwise it is ``-MSE((1-m) h(x), (1-m) h(G(x))) + 0.01 * MSE(m h(x), m h(G(x)))``.
 
 **Decision** (the official code has none; it prints the argmax of a histogram): each evaluation image, with
 ``N(0, 0.03^2)`` noise in normalised space as in the official ``get_target_label``, goes through the final
 generator; the score is the share of these generated inputs predicted as the most frequent class, the target
-its argmax. This is the statistic family of :class:`~banscan.detectors.ban.BAN`.
+its argmax. The two bounds are measured again on these images and recorded in ``stats["bounds"]`` with whether
+each held: ``feat_bound=3`` is an absolute MSE tuned for the full-width ResNet-18 (512 channels), so on other
+models it may be far too loose or too tight; ``stats["bounds"]["clean_feat_mean_square"]`` gives the scale.
 
-Deliberate departures from the official code: the classifier stays in eval mode throughout (the official mask
-phase runs it in train mode, rewriting its BatchNorm statistics); features of clean images are computed
-without gradients; decision images are the disjoint evaluation part, not the optimisation images; the
-generator's initial weights, the batches, the augmentation and the decision noise are seeded.
+**Budget.** ``budget`` scales the three epoch counts (rounded, at least 1 where the count is not 0) and
+``batches_per_epoch`` caps the batches of each epoch, so an equal-cost run is one ``--param`` away
+(e.g. ``--param budget=0.1``); the counts used are in ``stats["epochs_used"]``.
+
+``BTI-DBF*`` (``star=True``) is *our reading* of the variant the BAN paper evaluates, not a published
+specification: we add BAN's term ``mask_lambda * |m|_1 / sg(|m|_1)`` to the mask loss.
+
+Remaining departures from the official code (the rest follows the official code as we read it):
+
+* decision images are the disjoint evaluation part, without augmentation; the official code scores the
+  augmented optimisation images themselves;
+* the pre-trained generator is the one after the last pre-training epoch; the official script saves it every
+  10 epochs, so with a pre-training count that is not a multiple of 10 it would use an earlier one (the same
+  at the official 50);
+* features of clean images and the mask phase's features are computed without gradients (same values; the
+  official code builds graphs it never uses);
+* the generator's initial weights, the mask's initial value, the batches, the augmentation and the decision
+  noise are all drawn from the detector's seeded generator (the official code uses the global RNG);
+* augmentation: a random crop with 1/8-size zero padding and a horizontal flip applied to tensors in ``[0, 1]``
+  (the official torchvision transforms do the same on PIL images);
+* optional bfloat16 autocast (``amp``, off by default) and channels-last memory format.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
@@ -42,7 +65,7 @@ from ..data import ImageData
 from ..models import SplitModel
 from . import register_detector
 from ._base import Detector, Evidence, class_hist
-from ._inversion import Normalizer, UNet, seeded_unet, train_batches
+from ._inversion import BatchStream, Normalizer, UNet, autocast, private_copy, seeded_unet, unit_tanh
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +82,16 @@ class BTIDBF(Detector):
         mask_lr: Adam learning rate of the mask (official 0.01).
         norm_bound: bound on the input-space MSE (normalised space) of generated images (official 0.3).
         feat_bound: bound on the benign-feature MSE (official 3 at HEAD; 5 in an earlier commit).
-        star: BTI-DBF* (BAN paper): add BAN's L1 term to the mask loss.
+        star: BTI-DBF*, our reading of the BAN paper's variant (not a published spec): add BAN's L1 term.
         mask_lambda: weight of that L1 term (BAN's README value 0.75); unused unless ``star``.
         unet_filters, unet_blocks: generator size (official 32 and 4).
         residual: generator ``x + UNet(x)`` starting at the identity (not official; for short runs and tests).
         input_noise: std of the Gaussian noise added (normalised space) before the generator at decision time.
         augment: random crop and flip on optimisation batches, as the official loader does.
+        budget: factor on the three epoch counts (rounded; a nonzero count stays >= 1), for equal-cost runs.
+        batches_per_epoch: at most this many batches per epoch (None: one full pass, as the official loader).
         seed, threshold, n_opt, n_eval, batch_size, split_layer: see :class:`~banscan.detectors.Detector`.
-        amp: bfloat16 autocast for forward passes.
+        amp: bfloat16 autocast for forward passes (None: the project's rule, :func:`banscan.train.amp_enabled`).
 
     Shape:
         The model takes ``(N, C, H, W)`` images in ``[0, 1]``; artifacts ``mask`` has the feature shape,
@@ -95,9 +120,10 @@ class BTIDBF(Detector):
     def __init__(self, *, n_pretrain_epochs: int = 50, n_mask_epochs: int = 20, n_gen_epochs: int = 30,
                  gen_lr: float = 1e-3, mask_lr: float = 0.01, norm_bound: float = 0.3, feat_bound: float = 3.0,
                  star: bool = False, mask_lambda: float = 0.75, unet_filters: int = 32, unet_blocks: int = 4,
-                 residual: bool = False, input_noise: float = 0.03, augment: bool = True, seed: int = 0, threshold: float | None = None,
+                 residual: bool = False, input_noise: float = 0.03, augment: bool = True, budget: float = 1.0,
+                 batches_per_epoch: int | None = None, seed: int = 0, threshold: float | None = None,
                  n_opt: int = 2500, n_eval: int = 5000, batch_size: int = 128, split_layer: str | None = None,
-                 amp: bool = False) -> None:
+                 amp: bool | None = False) -> None:
         self.n_pretrain_epochs = n_pretrain_epochs
         self.n_mask_epochs = n_mask_epochs
         self.n_gen_epochs = n_gen_epochs
@@ -112,6 +138,8 @@ class BTIDBF(Detector):
         self.residual = residual
         self.input_noise = input_noise
         self.augment = augment
+        self.budget = budget
+        self.batches_per_epoch = batches_per_epoch
         self.seed = seed
         self.threshold = threshold
         self.n_opt = n_opt
@@ -135,9 +163,24 @@ class BTIDBF(Detector):
             raise BanscanError(f"mask_lambda and input_noise must be >= 0, got {self.mask_lambda}, {self.input_noise}")
         if self.unet_filters < 1 or self.unet_blocks < 1 or self.batch_size < 2:
             raise BanscanError(f"need unet_filters >= 1, unet_blocks >= 1, batch_size >= 2; got {self!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not self.budget > 0:
+            raise BanscanError(f"budget must be a number > 0, got {self.budget!r}")
+        bpe = self.batches_per_epoch
+        if bpe is not None and (isinstance(bpe, bool) or not isinstance(bpe, int) or bpe < 1):
+            raise BanscanError(f"batches_per_epoch must be None or an integer >= 1, got {bpe!r}")
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return autocast(self.amp, device)
+
+    def epochs_used(self) -> dict[str, int]:
+        """The three epoch counts after ``budget`` scaling."""
+        def scaled(n: int) -> int:
+            return 0 if n == 0 else max(1, int(round(n * self.budget)))
+        return {"pretrain": scaled(self.n_pretrain_epochs), "mask": scaled(self.n_mask_epochs),
+                "generator": scaled(self.n_gen_epochs)}
+
+    def _stream(self, opt: ImageData, gen: torch.Generator, device: torch.device) -> BatchStream:
+        return BatchStream(opt, self.batch_size, device, gen, self.augment)
 
     # ---------------------------------------------------------------- phases
     def pretrain_generator(self, net: SplitModel, gen_net: UNet, opt: ImageData, gen: torch.Generator,
@@ -147,9 +190,10 @@ class BTIDBF(Detector):
         optim = torch.optim.Adam(gen_net.parameters(), lr=self.gen_lr)
         gen_net.train()
         losses = []
-        for _ in progress(range(self.n_pretrain_epochs), "btidbf pretrain"):
+        stream = self._stream(opt, gen, device)
+        for _ in progress(range(self.epochs_used()["pretrain"]), "btidbf pretrain"):
             tot = 0.0
-            batches = train_batches(opt, self.batch_size, device, gen, self.augment)
+            batches = stream.epoch(self.batches_per_epoch)
             for x, _ in batches:
                 xn = nz.norm(x)
                 with self._autocast(device):
@@ -174,29 +218,38 @@ class BTIDBF(Detector):
 
     def fit_mask(self, net: SplitModel, opt: ImageData, gen: torch.Generator, device: torch.device
                  ) -> tuple[torch.Tensor, list[float]]:
-        """Fit the benign-feature mask ``m = tanh(theta)/2 + 0.5``; returns ``m`` and epoch losses."""
+        """Fit the benign-feature mask ``m = tanh(theta)/(2 + 1e-7) + 0.5``; returns ``m`` and epoch losses.
+
+        ``net`` runs in train mode, as in the official code, so its BatchNorm running statistics change: pass a
+        private copy (:meth:`invert` does). It is left in eval mode afterwards.
+        """
         x0, _ = next(opt.batches(2, device))
         with torch.no_grad():
             fshape = net.features(x0).shape[1:]
         theta = torch.randn(fshape, generator=gen).to(device).requires_grad_(True)
         optim = torch.optim.Adam([theta], lr=self.mask_lr)
         losses = []
-        for _ in progress(range(self.n_mask_epochs), "btidbf mask"):
-            tot, batches = 0.0, train_batches(opt, self.batch_size, device, gen, self.augment)
-            for x, y in batches:
-                with torch.no_grad(), self._autocast(device):
-                    z = net.features(x).float()
-                m = torch.tanh(theta) / 2 + 0.5
-                loss = F.cross_entropy(net.head(m * z), y) - F.cross_entropy(net.head((1 - m) * z), y)
-                if self.star:
-                    norm = m.abs().sum()
-                    loss = loss + self.mask_lambda * norm / norm.detach()
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                tot += float(loss.detach())
-            losses.append(tot / max(1, len(batches)))
-        return (torch.tanh(theta) / 2 + 0.5).detach(), losses
+        stream = self._stream(opt, gen, device)
+        net.train()
+        try:
+            for _ in progress(range(self.epochs_used()["mask"]), "btidbf mask"):
+                tot, batches = 0.0, stream.epoch(self.batches_per_epoch)
+                for x, y in batches:
+                    with torch.no_grad(), self._autocast(device):
+                        z = net.features(x).float()
+                    m = unit_tanh(theta)
+                    loss = F.cross_entropy(net.head(m * z), y) - F.cross_entropy(net.head((1 - m) * z), y)
+                    if self.star:
+                        norm = m.abs().sum()
+                        loss = loss + self.mask_lambda * norm / norm.detach()
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optim.step()
+                    tot += float(loss.detach())
+                losses.append(tot / max(1, len(batches)))
+        finally:
+            net.eval()
+        return unit_tanh(theta).detach(), losses
 
     def train_backdoor_generator(self, net: SplitModel, gen_net: UNet, mask: torch.Tensor, opt: ImageData,
                                  gen: torch.Generator, device: torch.device) -> dict[str, list[float]]:
@@ -205,9 +258,11 @@ class BTIDBF(Detector):
         optim = torch.optim.Adam(gen_net.parameters(), lr=self.gen_lr)
         gen_net.train()
         hist: dict[str, list[float]] = {"backdoor_feat": [], "benign_feat": [], "norm": [], "bounded_share": []}
-        for _ in progress(range(self.n_gen_epochs), "btidbf generator"):
+        stream = self._stream(opt, gen, device)
+        net.eval()
+        for _ in progress(range(self.epochs_used()["generator"]), "btidbf generator"):
             sums = {k: 0.0 for k in hist}
-            batches = train_batches(opt, self.batch_size, device, gen, self.augment)
+            batches = stream.epoch(self.batches_per_epoch)
             for x, _ in batches:
                 xn = nz.norm(x)
                 with self._autocast(device):
@@ -241,6 +296,36 @@ class BTIDBF(Detector):
         gen_net.eval()
         return nz.denorm(gen_net(xn).float())
 
+    def invert(self, net: SplitModel, gen_net: UNet, opt: ImageData, gen: torch.Generator, device: torch.device,
+               timer: PhaseTimer | None = None) -> tuple[SplitModel, torch.Tensor, UNet, dict[str, list[float]]]:
+        """Phases 2 and 3 from a pre-trained ``gen_net``, as the official code runs them: the mask on a private
+        copy of ``net`` in train mode, then a copy of the generator trained against that same copy in eval mode.
+        ``net`` and ``gen_net`` are not modified. Returns the copy, the mask, the generator and its history
+        (``mask_loss`` included); ``timer`` times the phases as ``mask`` and ``generator``."""
+        def phase(name: str):
+            return timer.phase(name) if timer is not None else contextlib.nullcontext()
+
+        inv = private_copy(net)
+        with phase("mask"):
+            mask, mask_losses = self.fit_mask(inv, opt, gen, device)
+        with phase("generator"):
+            bd_net = copy.deepcopy(gen_net)
+            hist = self.train_backdoor_generator(inv, bd_net, mask, opt, gen, device)
+        return inv, mask, bd_net, {**hist, "mask_loss": mask_losses}
+
+    def bounds(self, net: SplitModel, mask: torch.Tensor, x01: torch.Tensor, xg01: torch.Tensor
+               ) -> dict[str, float]:
+        """Per-batch sums over images of each image's input MSE (normalised space) and benign-feature MSE between
+        clean and generated images, and of the clean features' mean square (the scale against which the absolute
+        ``feat_bound`` is to be read); divided by the image count they are the means the bounds apply to."""
+        nz = Normalizer(net)
+        with torch.no_grad():
+            z_c, z_g = net.features(x01).float(), net.features(xg01).float()
+            d_in = (nz.norm(xg01.float()) - nz.norm(x01)).pow(2).flatten(1).mean(1)
+            d_feat = (mask * z_g - mask * z_c).pow(2).flatten(1).mean(1)
+            ms = z_c.pow(2).flatten(1).mean(1)
+        return {"norm": float(d_in.sum()), "feat": float(d_feat.sum()), "clean_ms": float(ms.sum())}
+
     # ---------------------------------------------------------------- main
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
@@ -251,20 +336,19 @@ class BTIDBF(Detector):
         gen_net = seeded_unet(gen, channels, self.unet_filters, self.unet_blocks, device, self.residual)
         with timer.phase("pretrain"):
             pre_losses = self.pretrain_generator(net, gen_net, opt, gen, device)
-        with timer.phase("mask"):
-            mask, mask_losses = self.fit_mask(net, opt, gen, device)
-        with timer.phase("generator"):
-            bd_net = copy.deepcopy(gen_net)
-            hist_gen = self.train_backdoor_generator(net, bd_net, mask, opt, gen, device)
+        inv, mask, bd_net, hist_gen = self.invert(net, gen_net, opt, gen, device, timer)
         with timer.phase("decision"):
             preds_clean, preds_gen, ys = [], [], []
+            sums = {"norm": 0.0, "feat": 0.0, "clean_ms": 0.0}
             examples = None
             with self._autocast(device):
                 for x, y in evl.batches(self.batch_size * 2, device):
-                    xg = self.generate(net, bd_net, x, gen)
+                    xg = self.generate(inv, bd_net, x, gen)
                     with torch.no_grad():
-                        preds_clean.append(net(x).argmax(1))
-                        preds_gen.append(net(xg).argmax(1))
+                        preds_clean.append(inv(x).argmax(1))
+                        preds_gen.append(inv(xg).argmax(1))
+                    for key, v in self.bounds(inv, mask, x, xg).items():
+                        sums[key] += v
                     ys.append(y)
                     if examples is None:
                         examples = (x[:8].cpu(), xg[:8].float().cpu())
@@ -273,17 +357,31 @@ class BTIDBF(Detector):
         h_clean, h_gen = class_hist(pred_clean, k), class_hist(pred_gen, k)
         n = len(y_ev)
         target = int(h_gen.argmax())
+        norm_mse, feat_mse = sums["norm"] / n, sums["feat"] / n
+        bounds = {
+            "norm_mse": norm_mse, "norm_bound": self.norm_bound, "norm_bound_held": norm_mse <= self.norm_bound,
+            "benign_feat_mse": feat_mse, "feat_bound": self.feat_bound,
+            "feat_bound_held": feat_mse <= self.feat_bound, "clean_feat_mean_square": sums["clean_ms"] / n,
+            "where": "evaluation images with the decision noise; generated vs clean; normalised input space",
+        }
+        if not (bounds["norm_bound_held"] and bounds["feat_bound_held"]):
+            log.warning("btidbf: a bound did not hold at decision time (input MSE %.4g vs %.4g, benign-feature MSE "
+                        "%.4g vs %.4g)", norm_mse, self.norm_bound, feat_mse, self.feat_bound)
+        last = {key: (v[-1] if v else None) for key, v in hist_gen.items()}
         stats = {
             "variant": "btidbf*" if self.star else "btidbf",
             "hist_generated": h_gen, "hist_clean": h_clean,
             "share_clean": float(h_clean.max()) / n,
             "acc_clean": float((pred_clean == y_ev).float().mean()),
             "acc_generated": float((pred_gen == y_ev).float().mean()),
+            "bounds": bounds,
+            "epochs_used": self.epochs_used(),
             "mask_mean": float(mask.mean()),
             "pretrain_loss_last": pre_losses[-1] if pre_losses else None,
-            "mask_loss_last": mask_losses[-1] if mask_losses else None,
-            "gen_backdoor_feat_last": hist_gen["backdoor_feat"][-1] if hist_gen["backdoor_feat"] else None,
-            "gen_norm_last": hist_gen["norm"][-1] if hist_gen["norm"] else None,
+            "mask_loss_last": last["mask_loss"],
+            "gen_backdoor_feat_last": last["backdoor_feat"],
+            "gen_benign_feat_last": last["benign_feat"],
+            "gen_norm_last": last["norm"],
             "gen_out_of_bounds_share": (sum(hist_gen["bounded_share"]) / len(hist_gen["bounded_share"])
                                         if hist_gen["bounded_share"] else None),
             "n_eval": n,

@@ -15,9 +15,10 @@ Procedure (official defaults): pre-train the generator once (50 epochs); then ``
 mask (20 epochs), train the backdoor generator (30 epochs, continuing from the previous round's), and unlearn
 for ``n_unlearn_epochs`` (30): in every clean batch a ``poison_share`` (10%) of the images is replaced by its
 generated version, kept with its true label, and the model takes an Adam step (lr 1e-4) on the cross-entropy.
-The classifier is frozen and in eval mode while the generator learns, and in train mode while it unlearns.
-The mask is refitted every round because the model it describes changes (the official ordering of the mask
-phase within the rounds was not checked).
+As in the official ``reverse()``, each round's mask is fitted on a deep copy of the current model in train
+mode (so only the copy's BatchNorm statistics change) and the generator, continuing across rounds, is trained
+against that copy in eval mode; the model itself is in train mode only while it unlearns. The model passed
+to :meth:`repair` is never modified (the base class repairs a deep copy).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class BTIDBFUnlearn(Mitigation):
         split_layer: split point for models without ``forward_features``/``forward_head``.
         augment: random crop and flip on every batch.
         batch_size: images per step.
-        amp: bfloat16 autocast for the forward passes.
+        amp: bfloat16 autocast for the forward passes (None: :func:`banscan.train.amp_enabled` decides).
         seed: seeds the generator, the batches and the augmentation.
 
     Example:
@@ -64,7 +65,7 @@ class BTIDBFUnlearn(Mitigation):
                  poison_share: float = 0.1, n_pretrain_epochs: int = 50, n_mask_epochs: int = 20,
                  n_gen_epochs: int = 30, gen_lr: float = 1e-3, mask_lr: float = 0.01, norm_bound: float = 0.3,
                  feat_bound: float = 3.0, unet_filters: int = 32, unet_blocks: int = 4, residual: bool = False,
-                 split_layer: str | None = None, augment: bool = True, batch_size: int = 128, amp: bool = False,
+                 split_layer: str | None = None, augment: bool = True, batch_size: int = 128, amp: bool | None = False,
                  seed: int = 0) -> None:
         self.n_rounds = n_rounds
         self.n_unlearn_epochs = n_unlearn_epochs
@@ -108,7 +109,7 @@ class BTIDBFUnlearn(Mitigation):
 
     def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
-        from ..detectors._inversion import seeded_unet
+        from ..detectors._inversion import autocast, private_copy, seeded_unet
 
         det = self._generator_owner()
         model = net.model
@@ -127,10 +128,14 @@ class BTIDBFUnlearn(Mitigation):
         for r in progress(range(self.n_rounds), "btidbf_u"):
             model.requires_grad_(False)
             model.eval()
+            # As the official reverse(): the mask is fitted on a deep copy of the current model in train mode (its
+            # BatchNorm statistics change, the repaired model's do not) and the generator is trained against it.
+            inv = private_copy(split)
             with timer.phase("mask"):
-                mask, _ = det.fit_mask(split, data, gen, device)
+                mask, _ = det.fit_mask(inv, data, gen, device)
             with timer.phase("generator"):
-                hist = det.train_backdoor_generator(split, unet, mask, data, gen, device)
+                hist = det.train_backdoor_generator(inv, unet, mask, data, gen, device)
+            del inv
             model.requires_grad_(True)
             model.train()
             unet.eval()
@@ -142,7 +147,7 @@ class BTIDBFUnlearn(Mitigation):
                         with torch.no_grad():
                             xg = unet((x[:k] - mean) / std).float() * std + mean
                         xb = torch.cat([xg, x[k:]])
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.amp)):
+                        with autocast(self.amp, device):
                             out = net(xb)
                         loss = F.cross_entropy(out.float(), y)
                         opt.zero_grad(set_to_none=True)
