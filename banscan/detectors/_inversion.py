@@ -33,7 +33,7 @@ from torch import nn
 from .._utils import BanscanError
 from ..data import ImageData
 from ..models import SplitModel
-from ..train import amp_enabled, augment
+from ..train import augment, autocast
 
 __all__ = ["UNet", "seeded_unet", "train_batches", "BatchStream", "Normalizer", "autocast", "unit_tanh",
            "clean_features", "transfer_asr", "private_copy"]
@@ -187,11 +187,6 @@ class Normalizer:
 
     def denorm(self, xn: torch.Tensor) -> torch.Tensor:
         return xn * self.std + self.mean
-
-
-def autocast(amp: bool | None, device: torch.device):
-    """bfloat16 autocast by the project's one rule, :func:`banscan.train.amp_enabled`."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_enabled(amp, device))
 
 
 TANH_EPS = 1e-7

@@ -63,9 +63,10 @@ import torch.nn.functional as F
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
+from ..train import autocast
 from . import register_detector
 from ._base import Detector, Evidence, class_hist
-from ._inversion import BatchStream, Normalizer, UNet, autocast, private_copy, seeded_unet, unit_tanh
+from ._inversion import BatchStream, Normalizer, UNet, private_copy, seeded_unet, unit_tanh
 
 log = logging.getLogger(__name__)
 

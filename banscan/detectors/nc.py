@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
 from ..models import SplitModel
+from ..train import autocast
 from . import register_detector
 from ._base import Detector, Evidence
-from ._inversion import BatchStream, autocast, unit_tanh
+from ._inversion import BatchStream, unit_tanh
 
 log = logging.getLogger(__name__)
 
