@@ -8,8 +8,8 @@
 # ANP, MITIGATE=...,anp, about 20 min in bf16), and writes report.md / report.html, which list the commit and the
 # exact command of every run that wrote results.
 #
-# The baselines cost far more per model at their official defaults on this CPU (benchmarks/RESULTS.md: BTI-DBF
-# ~87x, Neural Cleanse ~54x, FeatureRE ~5,900x BAN's time), so they are not in the default METHODS; run them on a
+# The baselines cost far more per model on this CPU (benchmarks/RESULTS.md: BTI-DBF ~87x and FeatureRE ~5,900x
+# BAN's time at their official defaults, Neural Cleanse ~54x at its former short budget, now the `fast` preset), so they are not in the default METHODS; run them on a
 # GPU (benchmarks/gpu_cifar10_cpu.sh scan) or add them here: METHODS=ban,btidbf,nc,featurere.
 #
 # Usage: bash benchmarks/bench_cifar10_cpu.sh     (CIFAR-10 under $BANSCAN_DATA_DIR/cifar10/{train,test}.npz,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-ZOO = Path("/work/main/runs/zoo-eval")
+ZOO = Path(__file__).resolve().parents[1] / "runs" / "zoo-eval"
 OUT = Path(__file__).parent / "results" / "cifar10-eval" / "btidbf-equal-cost.jsonl"
 # 2 clean, then one backdoored model per attack where the zoo has a ResNet-18 of it.
 MODELS = ["clean-resnet18-w16-s0", "clean-resnet18-w16-s1", "badnets-resnet18-w16-s10", "blend-resnet18-w16-s13",
@@ -31,6 +31,7 @@ MODELS = ["clean-resnet18-w16-s0", "clean-resnet18-w16-s1", "badnets-resnet18-w1
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--zoo", type=Path, default=ZOO)
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--budget", type=float, default=0.02, help="factor on BTI-DBF's 50/20/30 epochs")
     ap.add_argument("--batches-per-epoch", type=int, default=8)
@@ -45,8 +46,8 @@ def main() -> None:
     from banscan.detectors import BAN, BTIDBF
     from banscan.zoo import defender_data, load_manifest, load_zoo_model
 
-    cards = {c["id"]: c for c in load_manifest(ZOO)["models"]}
-    data = defender_data(ZOO)
+    cards = {c["id"]: c for c in load_manifest(a.zoo)["models"]}
+    data = defender_data(a.zoo)
     done = set()
     if a.out.exists():
         done = {json.loads(line)["model"] for line in a.out.read_text().splitlines() if line.strip()}
@@ -55,7 +56,7 @@ def main() -> None:
         if mid in done:
             continue
         card = cards[mid]
-        model = load_zoo_model(ZOO, card)
+        model = load_zoo_model(a.zoo, card)
         ban = BAN(seed=a.seed)
         t0 = time.perf_counter()
         rb = ban.detect(model, data)
@@ -73,7 +74,7 @@ def main() -> None:
                        "epochs_used": rt.stats["epochs_used"], "bounds": rt.stats["bounds"],
                        "hist_generated": rt.stats["hist_generated"]},
             "cost_ratio": t_bti / t_ban, "within_limit": t_bti <= a.limit * t_ban, "limit": a.limit,
-            "versions": versions(), "threads": torch.get_num_threads(), "zoo": str(ZOO),
+            "versions": versions(), "threads": torch.get_num_threads(), "zoo": str(a.zoo),
         }
         with a.out.open("a") as f:
             f.write(json.dumps(rec) + "\n")

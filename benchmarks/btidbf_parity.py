@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 MIRROR = Path("/work/.mirror/xuxiong0214+BTIDBF/repo")  # a bare git dir
-ZOO = Path("/work/main/runs/zoo-dev")
+ZOO = Path(__file__).resolve().parents[1] / "runs" / "zoo-dev"
 MODELS = ["clean-resnet18-w16-s50", "badnets-resnet18-w16-s60", "iad-resnet18-w16-s62"]
 OUT = Path(__file__).parent / "results" / "btidbf_parity.json"
 
@@ -173,6 +173,7 @@ def setup_official(work: Path, sd: dict[str, torch.Tensor], target: int, python:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--official-python", default="/tmp/official-env/bin/python")
+    ap.add_argument("--zoo", type=Path, default=ZOO)
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--n-opt", type=int, default=512)
     ap.add_argument("--n-eval", type=int, default=1000)
@@ -190,17 +191,17 @@ def main() -> None:
     from banscan.detectors import BTIDBF
     from banscan.zoo import defender_data, load_manifest, load_zoo_model, test_data
 
-    cards = {c["id"]: c for c in load_manifest(ZOO)["models"]}
-    data = defender_data(ZOO)
+    cards = {c["id"]: c for c in load_manifest(a.zoo)["models"]}
+    data = defender_data(a.zoo)
     opt, _ = data.split(a.n_opt, a.n_eval, seed=a.seed)  # exactly banscan's optimisation part at this seed
-    test = test_data(ZOO)
+    test = test_data(a.zoo)
     to_hwc = lambda d, n: (d.x[:n].permute(0, 2, 3, 1).contiguous().numpy(), d.y[:n].numpy())  # noqa: E731
     rows = []
     for mid in a.models:
         card = cards[mid]
         if card["arch"] != "resnet18" or card["arch_kwargs"].get("base_width") != 16:
             raise SystemExit(f"{mid}: this driver maps width-16 ResNet-18s only")
-        model = load_zoo_model(ZOO, card)
+        model = load_zoo_model(a.zoo, card)
         t0 = time.time()
         det = BTIDBF(n_opt=a.n_opt, n_eval=a.n_eval, n_pretrain_epochs=a.preround, n_mask_epochs=a.mround,
                      n_gen_epochs=a.uround, batch_size=128)
@@ -235,7 +236,7 @@ def main() -> None:
                       "mround": a.mround, "uround": a.uround, "seed": a.seed,
                       "official_defaults": {"preround": 50, "mround": 20, "uround": 30, "n_opt": 2500}},
            "official_commit": commit, "official_changes": OFFICIAL_CHANGES, "banscan_version": __version__,
-           "banscan_torch": torch.__version__, "zoo": str(ZOO),
+           "banscan_torch": torch.__version__, "zoo": str(a.zoo),
            "decision_images": "official: the augmented optimisation images; banscan: its disjoint evaluation part",
            "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
