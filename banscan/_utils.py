@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["BanscanError", "HyperParams", "Registry", "versions", "PhaseTimer", "progress", "progress_enabled",
+__all__ = ["BanscanError", "HyperParams", "Registry", "eval_mode", "versions", "PhaseTimer", "progress", "progress_enabled",
            "resolve_device", "set_progress"]
 
 T = TypeVar("T")
@@ -66,6 +66,19 @@ class Registry:
         if unknown:
             raise BanscanError(f"{self.kind} {name!r} does not take {unknown}; it takes {valid}")
         return cls(**params)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block; afterwards every submodule gets its own mode back (``train(mode)``
+    on the root alone would overwrite the children's, e.g. of a wrapper around an eval-mode network)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def versions() -> dict[str, str]:

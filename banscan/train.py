@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import progress, resolve_device
+from ._utils import eval_mode, progress, resolve_device
 from .data import ImageData
 from .models import SplitModel
 
@@ -64,6 +64,18 @@ def augment(x: torch.Tensor, gen: torch.Generator, padding: int = 4, flip: bool 
         f = (torch.rand(n, generator=gen) < 0.5).to(x.device)
         x = torch.where(f[:, None, None, None], x.flip(3), x)
     return x
+
+
+def train_batches(data: ImageData, batch_size: int, gen: torch.Generator, device: torch.device | str,
+                  padding: int = 4, flip: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled epoch of ``(x in [0, 1], y)`` batches, randomly cropped (zero ``padding``) and flipped.
+
+    A last batch of one image is dropped (BatchNorm cannot normalise it in train mode) unless it is the only one.
+    """
+    for i, (x, y) in enumerate(data.batches(batch_size, device, shuffle=True, generator=gen)):
+        if len(y) < 2 and i > 0:
+            continue
+        yield augment(x, gen, padding, flip), y
 
 
 def cpu_has_bf16() -> bool:
@@ -157,17 +169,14 @@ def predict(model: nn.Module, data: ImageData, transform: Callable[[torch.Tensor
             batch_size: int = 512, device: str | torch.device | None = None) -> torch.Tensor:
     """Predicted labels for every image (optionally transformed in ``[0, 1]`` space first)."""
     dev = resolve_device(device, model)
-    was_training = model.training
-    net = SplitModel(model, data.mean, data.std).to(dev).eval()
+    net = SplitModel(model, data.mean, data.std).to(dev)
     preds = []
-    try:
+    with eval_mode(net):
         for x, _ in data.batches(batch_size, dev):
             if transform is not None:
                 x = transform(x)
             with autocast(dev.type == "cuda", dev):
                 preds.append(net(x).argmax(1).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 

@@ -360,3 +360,13 @@ def test_cli_calibrate_then_detect_with_threshold_file(tmp_path, model, data) ->
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["threshold"] == cal["threshold"] and r["verdict"] == "clean" and r["threshold_source"] == "user"
     assert main(["calibrate", "--models", str(tmp_path / "nothing"), "--out", str(cal_file)] + common) == 2
+
+
+def test_evaluation_restores_every_submodules_mode(model, data) -> None:
+    """A train-mode wrapper around an eval-mode network: predicting must not switch the inner one to train."""
+    from banscan.train import predict
+
+    inner = model.eval()
+    wrapper = nn.Sequential(inner)  # a new module is in train mode
+    predict(wrapper, data)
+    assert wrapper.training and not inner.training and not any(m.training for m in inner.modules())

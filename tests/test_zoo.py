@@ -180,7 +180,7 @@ def test_duplicate_ids_and_bad_attack_params():
     g = {"arch": "resnet18", "attack": "badnets", "seeds": [0]}
     with pytest.raises(BanscanError, match="twice"):
         _plan(load_spec(small_spec(models=[g, g])))
-    with pytest.raises(BanscanError, match="bad parameters"):
+    with pytest.raises(BanscanError, match=r"attack .badnets. does not take \[.size.\]"):
         _plan(load_spec(small_spec(models=[{**g, "attack_params": {"size": 3}}])))
 
 

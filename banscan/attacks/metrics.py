@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._utils import BanscanError, resolve_device
+from .._utils import BanscanError, eval_mode, resolve_device
 from ..data import ImageData
 from ..models import SplitModel
 
@@ -31,11 +31,9 @@ def attack_metrics(model: nn.Module, data: ImageData, attack: Any = None, device
     ``ASR_any``, ``ASR_any_class``, ``n_triggered``. The model is left as it was (its train/eval mode included)."""
     dev = resolve_device(device, model)
     net = SplitModel(model, data.mean, data.std).to(dev)
-    was_training = model.training
-    net.eval()
     hit = n = asr_hit = ra_hit = n_trig = 0
     to_class = not_class = None  # per class c: triggered images predicted c / triggered images not of class c
-    try:
+    with eval_mode(net):
         for x, y in data.batches(batch_size, dev):
             hit += int((net(x).argmax(1) == y).sum())
             n += len(y)
@@ -55,8 +53,6 @@ def attack_metrics(model: nn.Module, data: ImageData, attack: Any = None, device
             others = len(ys) - torch.bincount(ys, minlength=k).cpu()
             to_class = wrong if to_class is None else to_class + wrong
             not_class = others if not_class is None else not_class + others
-    finally:
-        model.train(was_training)
     out: dict[str, float | int] = {"BA": hit / n if n else float("nan"), "n_test": n}
     if attack is not None:
         if n_trig == 0:

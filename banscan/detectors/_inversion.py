@@ -33,9 +33,9 @@ from torch import nn
 from .._utils import BanscanError
 from ..data import ImageData
 from ..models import SplitModel
-from ..train import augment, autocast
+from ..train import autocast, train_batches
 
-__all__ = ["UNet", "seeded_unet", "train_batches", "BatchStream", "Normalizer", "autocast", "unit_tanh",
+__all__ = ["UNet", "seeded_unet", "BatchStream", "Normalizer", "autocast", "unit_tanh",
            "clean_features", "transfer_asr", "private_copy"]
 
 MAX_WIDTH = 512  # the official network caps its encoder widths at 512
@@ -131,19 +131,6 @@ def seeded_unet(gen: torch.Generator, channels: int, base_filters: int, n_blocks
     return net.to(device)
 
 
-def train_batches(data: ImageData, batch_size: int, device: torch.device, gen: torch.Generator,
-                  augmented: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled epoch of ``data`` in ``[0, 1]``, with the usual CIFAR augmentation if ``augmented``
-    (random crop with 1/8-size zero padding and horizontal flip, as the official loaders do)."""
-    pad = max(1, data.x.shape[-1] // 8)
-    out = []
-    for x, y in data.batches(batch_size, device, shuffle=True, generator=gen):
-        if len(y) < 2 and out:  # a batch of one cannot go through BatchNorm in train mode (BTI-DBF mask phase)
-            continue
-        out.append((augment(x, gen, pad, True) if augmented else x, y))
-    return out
-
-
 class BatchStream:
     """Training batches drawn epoch by epoch: ``epoch(None)`` is one shuffled pass over ``data`` (as a data
     loader gives); ``epoch(n)`` is the next ``n`` batches of an endless sequence of shuffled passes, the way
@@ -155,7 +142,8 @@ class BatchStream:
         self._left: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _pass(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return train_batches(self.data, self.batch_size, self.device, self.gen, self.augmented)
+        pad = max(1, self.data.x.shape[-1] // 8) if self.augmented else 0  # 1/8-size zero padding, as the official loaders
+        return list(train_batches(self.data, self.batch_size, self.gen, self.device, pad, self.augmented))
 
     def epoch(self, n_batches: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if n_batches is None:

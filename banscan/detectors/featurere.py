@@ -43,7 +43,8 @@ from ..data import ImageData
 from ..models import SplitModel
 from . import register_detector
 from ._base import Detector, Evidence
-from ._inversion import Normalizer, autocast, clean_features, seeded_unet, train_batches, transfer_asr, unit_tanh
+from ..train import train_batches
+from ._inversion import Normalizer, autocast, clean_features, seeded_unet, transfer_asr, unit_tanh
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class FeatureRE(Detector):
         for epoch in progress(range(self.n_warmup_epochs + self.n_epochs), f"featurere target {t}"):
             warm = epoch < self.n_warmup_epochs
             sums = {"dist": 0.0, "asr": 0.0, "p": 0.0, "norm": 0.0, "std": 0.0}
-            batches = train_batches(data, self.batch_size, device, gen, augmented=False)
+            batches = list(train_batches(data, self.batch_size, gen, device, padding=0, flip=False))
             for x, _ in batches:
                 terms = self._transform_step(st, x, warm)
                 if not warm:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +20,6 @@ from torch import nn
 from .._utils import BanscanError, HyperParams, PhaseTimer, json_safe, resolve_device, versions
 from ..data import ImageData
 from ..models import SplitModel
-from ..train import augment
 
 __all__ = ["Mitigation", "MitigationResult"]
 
@@ -133,19 +131,6 @@ class Mitigation(HyperParams, ABC):
 
 
 # ------------------------------------------------------------------ helpers shared by the fine-tuning methods
-def train_batches(data: ImageData, batch_size: int, gen: torch.Generator, device: torch.device,
-                  padding: int = 4, flip: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled epoch of augmented ``(x in [0, 1], y)`` batches; the last partial batch is kept if >= 2."""
-    n = len(data)
-    perm = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        idx = perm[i:i + batch_size]
-        if len(idx) < 2:  # a single image cannot be batch-normalised
-            continue
-        x = augment(data.x[idx].to(device), gen, padding, flip).float().div_(255)
-        yield x, data.y[idx].to(device)
-
-
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y)
 

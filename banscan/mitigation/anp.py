@@ -31,11 +31,11 @@ from torch.nn.utils import parametrize
 
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
-from ..train import autocast
+from ..train import autocast, train_batches
 from ..models import norm_layers, SplitModel
 from ..noise import NeuronNoise, bn_batch_stats
 from . import register_mitigation
-from ._base import Mitigation, check_positive, cross_entropy, train_batches
+from ._base import Mitigation, check_positive, cross_entropy
 
 _PRUNE_BY = ("threshold", "accuracy")
 _GRID = [round(0.05 * i, 2) for i in range(1, 20)]

@@ -56,9 +56,10 @@ import torch
 from ..models import SplitModel
 from .._utils import BanscanError
 from ..data import ImageData
+from ..train import train_batches
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
 from . import register_mitigation
-from ._base import check_positive, cross_entropy, train_batches
+from ._base import check_positive, cross_entropy
 from .finetune import FineTune
 
 _BN_MODES = ("clean", "recalibrate", "official")

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
+from ..train import train_batches
 from ..models import SplitModel
 from . import register_mitigation
-from ._base import Mitigation, check_positive, train_batches
+from ._base import Mitigation, check_positive
 
 
 @register_mitigation("btidbf_u")

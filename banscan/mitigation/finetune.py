@@ -14,9 +14,9 @@ import torch
 from ..models import SplitModel
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
-from ..train import autocast
+from ..train import autocast, train_batches
 from . import register_mitigation
-from ._base import Mitigation, check_positive, cross_entropy, train_batches
+from ._base import Mitigation, check_positive, cross_entropy
 
 log = logging.getLogger(__name__)
 
