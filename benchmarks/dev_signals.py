@@ -31,7 +31,7 @@ CANDIDATES = {
                              "class_steps": 5}),
     "ban-fused-s5-mm5": ("ban", {"statistic": "fused", "class_eps": 0.5, "n_class_eval": 1000, "class_batch": 128,
                                  "class_steps": 5, "mm_images": 5}),
-    "ban-negmask": ("ban", {"statistic": "negmask"}),
+    "ban-negmask": ("ban", {"statistic": "negmask", "restarts": 1}),
     "ban-noise-r5": ("ban", {"statistic": "noise", "restarts": 5}),
     "ban-classwise": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128}),
     "ban-classwise-s30": ("ban", {"statistic": "classwise", "class_eps": 0.3, "n_class_eval": 1000, "class_batch": 128,
