@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["BanscanError", "HyperParams", "Registry", "eval_mode", "versions", "PhaseTimer", "progress", "progress_enabled",
-           "resolve_device", "set_progress"]
+__all__ = ["BanscanError", "HyperParams", "Registry", "eval_mode", "versions", "PhaseTimer", "progress",
+           "progress_enabled", "resolve_device", "set_progress"]
 
 T = TypeVar("T")
 _PROGRESS = {"enabled": False}

@@ -142,7 +142,8 @@ class BatchStream:
         self._left: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _pass(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        pad = max(1, self.data.x.shape[-1] // 8) if self.augmented else 0  # 1/8-size zero padding, as the official loaders
+        # zero padding of 1/8 of the image size, as the official loaders
+        pad = max(1, self.data.x.shape[-1] // 8) if self.augmented else 0
         return list(train_batches(self.data, self.batch_size, self.gen, self.device, pad, self.augmented))
 
     def epoch(self, n_batches: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:

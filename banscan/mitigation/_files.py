@@ -49,8 +49,8 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     Seventeen arguments: the library form of ``banscan mitigate``, one per option of that command (the model's
     description, the data's, the repair's and the verification's), each with a default but the first four.
 
-    ``data`` (a data path as for :func:`banscan.load_data`, a zoo folder, whose defender split is used, or
-    :class:`ImageData`) is split, stratified and seeded, into a part that repairs and a held-out ``holdout``
+    ``data`` (a data path as for :func:`banscan.load_data`, or :class:`ImageData`, e.g. a zoo's
+    :func:`banscan.zoo.defender_data`; a zoo folder itself is refused) is split, stratified and seeded, into a part that repairs and a held-out ``holdout``
     share on which clean accuracy is measured before and after. The input file is only read. Returns the card.
 
     ``verify`` (a detector name, e.g. ``"nc"``) scans the model before and after the repair on the repair part

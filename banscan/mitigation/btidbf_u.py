@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from .._utils import BanscanError, PhaseTimer, progress
 from ..data import ImageData
-from ..train import train_batches
 from ..models import SplitModel
+from ..train import autocast, train_batches
 from . import register_mitigation
 from ._base import Mitigation, check_positive
 
@@ -110,7 +110,7 @@ class BTIDBFUnlearn(Mitigation):
 
     def _repair(self, net: SplitModel, data: ImageData, timer: PhaseTimer, gen: torch.Generator,
                 device: torch.device) -> dict[str, Any]:
-        from ..detectors._inversion import autocast, private_copy, seeded_unet
+        from ..detectors._inversion import private_copy, seeded_unet
 
         det = self._generator_owner()
         model = net.model
