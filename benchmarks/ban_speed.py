@@ -1,12 +1,12 @@
 """Time one BAN scan of a full-width ResNet-18 on real CIFAR-10: banscan's default, or ``--preset paper``.
 
-500 optimisation images, 5,000 evaluation images (all from the CIFAR-10 test set, disjoint); the default (noise-only
-share, 5 restarts) judges each restart on its own fifth of them, ``--preset fused`` its class-wise noise on the
-first 1,000, the paper's on all. Prints the time of every phase, the total and the peak memory, and writes JSON.
-Weights: random initialisation unless ``--weights`` is given (the cost does not depend on the weights).
+The detector's own image counts (by default 500 optimisation and 5,000 evaluation images, all from the CIFAR-10
+test set, disjoint); ``--param`` sets any BAN parameter. Prints the time of every phase, the total and the peak
+memory, and writes JSON. Weights: random initialisation unless ``--weights`` is given (the cost does not depend on
+the weights).
 
     python benchmarks/ban_speed.py --out runs/ban_speed.json [--preset paper] [--device cuda] [--bn-mode official]
-        [--amp/--no-amp]
+        [--amp/--no-amp] [--param n_steps=10 ...]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from banscan import BAN, ImageData, create_model, load_weights
 from banscan._utils import versions
+from banscan.params import resolve
 
 DATA = Path(os.environ.get("BANSCAN_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", choices=sorted(BAN.presets), default=None, help="default: banscan's default")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any BAN parameter")
     ap.add_argument("--out", default="runs/ban_speed.json")
     args = ap.parse_args()
 
@@ -45,8 +47,9 @@ def main() -> None:
     if args.weights:
         load_weights(model, args.weights)
     model = model.to(args.device)
-    preset = BAN.presets[args.preset] if args.preset else {}
-    det = BAN(**preset, n_opt=500, n_eval=5000, bn_mode=args.bn_mode, amp=args.amp, seed=args.seed)
+    params = {"bn_mode": args.bn_mode, "amp": args.amp, "seed": args.seed}
+    params.update(resolve(BAN, "ban", preset=args.preset, pairs=args.param))
+    det = BAN(**params)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
