@@ -6,7 +6,7 @@ images, batch 128), and ``--n-eval`` decision images. Each record holds both res
 the cost ratio and whether it met the 10x limit, and the library versions. The budget is fixed before the run
 (not tuned per model); a record over the limit is kept and marked, not rerun.
 
-Resumable: models already in the output file are skipped. One thread; run in the background:
+``--all`` takes every gated model of the zoo instead of the 12-model subset. Resumable: models already in the output file are skipped. One thread; run in the background:
 
     OMP_NUM_THREADS=1 nohup python benchmarks/btidbf_equal_cost.py > runs/equal-cost.log 2>&1 &
 """
@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", type=Path, default=ZOO)
     ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--all", action="store_true", help="every model of the zoo that passed its gate")
     ap.add_argument("--budget", type=float, default=0.02, help="factor on BTI-DBF's 50/20/30 epochs")
     ap.add_argument("--batches-per-epoch", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=1000)
@@ -48,6 +49,8 @@ def main() -> None:
 
     cards = {c["id"]: c for c in load_manifest(a.zoo)["models"]}
     data = defender_data(a.zoo)
+    if a.all:
+        a.models = [mid for mid, c in cards.items() if c["status"] == "ok"]
     done = set()
     if a.out.exists():
         done = {json.loads(line)["model"] for line in a.out.read_text().splitlines() if line.strip()}

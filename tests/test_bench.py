@@ -255,6 +255,7 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     assert "Per attack, methods side by side" in md and "badnets" in md and "fitted on (clean only)" in md
+    assert "images opt / eval" in md and "| 40 / 120 |" in md  # the data budget beside the numbers
     assert "data:image/png;base64," in page and "<img" in page and "src='plots/" not in page
     assert (out / "plots" / "roc.png").stat().st_size > 1000 and (out / "plots" / "ban_histograms.png").exists()
 

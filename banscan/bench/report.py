@@ -198,7 +198,14 @@ def _definitions(doc: Doc, fpr: float, calibration: str, n_boot: int) -> None:
     ])
 
 
-def _summary(doc: Doc, metrics: Mapping[str, Any], fpr: float) -> None:
+def _data_budget(records: list[dict], method: str) -> str:
+    """The defender images a method used: optimisation / decision (from the records' parameters)."""
+    used = sorted({((r.get("params") or {}).get("n_opt"), (r.get("params") or {}).get("n_eval")) for r in records
+                   if r["method"] == method}, key=str)
+    return ", ".join(f"{o} / {e}" for o, e in used if (o, e) != (None, None)) or "–"
+
+
+def _summary(doc: Doc, records: list[dict], metrics: Mapping[str, Any], fpr: float) -> None:
     doc.h(2, "Summary per method")
     rows = []
     for m, mm in metrics.items():
@@ -206,9 +213,9 @@ def _summary(doc: Doc, metrics: Mapping[str, Any], fpr: float) -> None:
         rows.append([m, o["n_backdoored"], o["n_clean"], _ci(o["auroc"], pct=False), _num(o["aupr"]),
                      _pct(o["tpr_at_fpr"]), _ci(o["dsr"]), _ci(o["dsr_target"]), _ci(o["target_acc"]),
                      _ci(c["clean_fpr"]), _pct(o["acc"]), f"{_pct(o['dsr_default'])} / {_pct(o['fpr_default'])}",
-                     _num(o["time_mean"], 1), _num(o["time_median"], 1)])
+                     _num(o["time_mean"], 1), _num(o["time_median"], 1), _data_budget(records, m)])
     doc.table(["method", "backdoored", "clean", "AUROC", "AUPR", f"TPR@{fpr:.0%}FPR", "DSR", "DSR+T", "target acc.",
-               "clean FPR", "Acc.", "default DSR / FPR", "mean s", "median s"], rows)
+               "clean FPR", "Acc.", "default DSR / FPR", "mean s", "median s", "images opt / eval"], rows)
 
 
 def _per_attack(doc: Doc, metrics: Mapping[str, Any], fpr: float) -> None:
@@ -490,7 +497,7 @@ def write_report(results: str | os.PathLike, fpr: float = 0.05, calibration: str
     methods = list(metrics)
     doc = Doc()
     _header(doc, res, records, runs, methods)
-    _summary(doc, metrics, fpr)
+    _summary(doc, records, metrics, fpr)
     _plots(doc, records, metrics)
     _definitions(doc, fpr, calibration, n_boot)
     _per_attack(doc, metrics, fpr)
