@@ -28,14 +28,22 @@ from .store import (SCHEMA_VERSION, ZooCard, _datasets, _fingerprint, _split, _w
 log = logging.getLogger(__name__)
 
 
+def _ba_asr(model: nn.Module, data: ImageData, attack: Any,
+            device: str | torch.device | None = None) -> tuple[float, float | None]:
+    """Clean accuracy and (given an attack) ASR from one fp32 pass over ``data``; ASR is NaN when no test image's
+    label is changed by the trigger."""
+    from ..attacks.metrics import attack_metrics
+
+    usable = attack is not None and bool(attack.asr_mask(data.y).any())
+    m = attack_metrics(model, data, attack if usable else None, device)
+    asr = None if attack is None else float(m["ASR"]) if usable else float("nan")
+    return float(m["BA"]), asr
+
+
 def attack_success_rate(model: nn.Module, data: ImageData, attack: Any,
                         device: str | torch.device | None = None) -> float:
     """Share of the triggered test images (those whose label the trigger changes) classified as the target."""
-    from ..attacks.metrics import attack_metrics
-
-    if not bool(attack.asr_mask(data.y).any()):
-        return float("nan")
-    return float(attack_metrics(model, data, attack, device)["ASR"])
+    return _ba_asr(model, data, attack, device)[1]
 
 
 def _same_recipe(card: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
@@ -57,7 +65,7 @@ def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, inf
     (safetensors bytes), writing nothing, so that a Ray task can run it and the driver write the result."""
     from ..attacks import get_attack
     from ..models import create_model
-    from ..train import TrainConfig, accuracy, train_model
+    from ..train import TrainConfig, train_model
 
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG state left as it was
@@ -71,8 +79,7 @@ def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, inf
         data = attack.prepare(train, dev)
         hook, extra = attack.poison_batch, attack.extra_parameters()
     stats = train_model(model, data, TrainConfig(**entry["train"]), batch_hook=hook, extra_params=extra, device=dev)
-    ba = accuracy(model, test, device=dev)
-    asr = attack_success_rate(model, test, attack, device=dev) if attack else None
+    ba, asr = _ba_asr(model, test, attack, dev)
     gate = entry["gate"]
     fails = []
     if not ba >= gate["min_ba"]:
@@ -248,7 +255,6 @@ def evaluate_zoo(zoo_dir: str | os.PathLike, device: str | torch.device | None =
                  data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Recompute BA and ASR of every model in a zoo; returns one row per model with the card's values beside."""
     from ..attacks import attack_from_card
-    from ..train import accuracy
 
     m = load_manifest(zoo_dir)
     test = test_data(zoo_dir, data_dir)
@@ -256,10 +262,7 @@ def evaluate_zoo(zoo_dir: str | os.PathLike, device: str | torch.device | None =
     rows = []
     for card in m["models"]:
         model = load_zoo_model(zoo_dir, card, dev)
-        ba = accuracy(model, test, device=dev)
-        asr = None
-        if card.get("attack"):
-            asr = attack_success_rate(model, test, attack_from_card(zoo_dir, card, dev), device=dev)
+        ba, asr = _ba_asr(model, test, attack_from_card(zoo_dir, card, dev) if card.get("attack") else None, dev)
         rows.append({"id": card["id"], "attack": card.get("attack"), "status": card.get("status"), "BA": ba,
                      "ASR": asr, "card_BA": card.get("BA"), "card_ASR": card.get("ASR")})
     return rows
