@@ -266,6 +266,7 @@ def test_ban_statistics_leave_model_untouched_and_are_deterministic(model, data,
         assert len(r1.stats["restart_targets"]) == 5 and r1.score == r1.stats["share_noise"]
         assert r1.threshold == BAN.noise_threshold and "cifar10-dev" in r1.threshold_source
         assert "fitted on 10-class models" in caplog.text  # these models have 4 classes
+        assert "fitted for the default schedule; with n_steps=3" in caplog.text  # and a shortened schedule
     assert type(r1).from_dict(json.loads(json.dumps(r1.to_dict()))) == r1
 
 

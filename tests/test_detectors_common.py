@@ -200,4 +200,9 @@ def test_ban_fused_combines_classwise_noise_and_max_margin(tiny_zoo):
 def test_ban_paper_preset_is_the_papers_statistic():
     det = get_detector("ban", **type(get_detector("ban")).presets["paper"])
     assert det.statistic == "negmask" and det.restarts == 1
+    assert (det.n_steps, det.batch_size, det.n_opt, det.n_eval) == (30, 128, 500, 5000)  # the paper's schedule
     assert det.default_verdict_threshold()[0] == 0.9
+    default = get_detector("ban")  # the cheaper default schedule; its threshold belongs to that schedule
+    assert (default.statistic, default.restarts, default.n_steps, default.batch_size, default.n_eval) == \
+        ("noise", 5, 10, 64, 2500)
+    assert default.default_verdict_threshold()[0] == type(default).noise_threshold

@@ -33,6 +33,7 @@ Deliberate departures from the official code (``docs/ban-method.md`` section 6),
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -52,6 +53,8 @@ from .mmbd import MMBD
 log = logging.getLogger(__name__)
 _BN_MODES = ("recalibrate", "official", "frozen")
 _STATISTICS = ("fused", "negmask", "noise", "classwise")
+# The parameters the built-in noise threshold was fitted with (their defaults).
+_NOISE_SCHEDULE = ("eps", "n_steps", "project", "bn_mode", "n_opt", "n_eval", "batch_size", "restarts")
 
 
 @register_detector("ban")
@@ -342,10 +345,17 @@ class BAN(Detector):
         if self.statistic == "fused":
             return self._detect_fused(net, opt, evl, timer, gen, device)
         k = net.num_classes
-        if self.statistic == "noise" and self.threshold is None and k != 10:
-            log.warning("the built-in threshold %.2f of the noise-only share was fitted on 10-class models; this "
-                        "model has %d classes: fit one on clean models of your own with `banscan calibrate`",
-                        self.noise_threshold, k)
+        if self.statistic == "noise" and self.threshold is None:
+            if k != 10:
+                log.warning("the built-in threshold %.2f of the noise-only share was fitted on 10-class models; this "
+                            "model has %d classes: fit one on clean models of your own with `banscan calibrate`",
+                            self.noise_threshold, k)
+            defaults = inspect.signature(type(self).__init__).parameters
+            changed = [f"{p}={getattr(self, p)!r}" for p in _NOISE_SCHEDULE if getattr(self, p) != defaults[p].default]
+            if changed:
+                log.warning("the built-in threshold %.2f of the noise-only share was fitted for the default schedule; "
+                            "with %s the scores shift: fit one with `banscan calibrate`", self.noise_threshold,
+                            ", ".join(changed))
 
         with timer.phase("features"):
             z_opt, y_opt = self._features(net, opt, device)
