@@ -59,7 +59,7 @@ def run_demo(seed: int = 0, out: str | None = None) -> int:
             asr = float((predict(model, nt, transform=attack.apply) == TARGET).float().mean())
         print(f"  trained {kind:10s} model in {time.perf_counter() - t:5.1f}s: clean accuracy {ba:.3f}"
               + (f", attack success rate {asr:.3f} (BadNets patch -> class {TARGET})" if asr is not None else ""))
-        result = BAN(**BAN.presets["paper"], seed=seed, n_opt=500, n_eval=1000, threshold=DEMO_THRESHOLD).detect(
+        result = BAN(**{**BAN.presets["paper"], "n_eval": 1000}, seed=seed, n_opt=500, threshold=DEMO_THRESHOLD).detect(
             model, defender)
         rows.append((kind, result))
         print(f"  scanned: {result.summary()}")

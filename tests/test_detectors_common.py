@@ -182,8 +182,8 @@ def test_ban_fused_combines_classwise_noise_and_max_margin(tiny_zoo):
     """``preset "fused"``: Fisher's combination of the class-wise and MM-BD p-values, judged at p < 0.05."""
     from banscan.detectors._outlier import fisher_pvalue
 
-    det = get_detector("ban", **type(get_detector("ban")).presets["fused"], n_opt=200, n_eval=300, batch_size=50,
-                       n_class_eval=200, mm_images=4, mm_steps=20)
+    det = get_detector("ban", **{**type(get_detector("ban")).presets["fused"], "n_eval": 300, "batch_size": 50},
+                       n_opt=200, n_class_eval=200, mm_images=4, mm_steps=20)
     assert det.statistic == "fused"
     r = det.detect(tiny_zoo.backdoored, tiny_zoo.data)
     st = r.stats

@@ -142,7 +142,7 @@ class BANFineTune(FineTune):
         if target == "scan":
             from ..detectors import BAN
 
-            res = BAN(seed=self.seed, statistic="negmask", restarts=1).detect(net.model, data, device=device)
+            res = BAN(**BAN.presets["paper"], seed=self.seed).detect(net.model, data, device=device)
             target = int(res.stats["target_noise"])
             scan = {"target_noise": target, "target": res.target, "score": res.score, "verdict": res.verdict,
                     "seconds": res.timings.get("total")}
