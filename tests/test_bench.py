@@ -256,6 +256,7 @@ def test_bench_end_to_end_and_resume(handmade_zoo, stub_zoo, tmp_path):
     page = (out / "report.html").read_text()
     assert "Per attack, methods side by side" in md and "badnets" in md and "fitted on (clean only)" in md
     assert "images opt / eval" in md and "| 40 / 120 |" in md  # the data budget beside the numbers
+    assert "x ban per model (min / median / max)" in md and "| 1.0 / 1.0 / 1.0 |" in md  # cost against the first
     assert "data:image/png;base64," in page and "<img" in page and "src='plots/" not in page
     assert (out / "plots" / "roc.png").stat().st_size > 1000 and (out / "plots" / "ban_histograms.png").exists()
 
@@ -389,3 +390,13 @@ def test_bench_on_the_shipped_tiny_zoo(tmp_path):
     ver = recs[0]["verify"]
     assert ver["params"]["mask_steps"] == TINY_BAN["ban"]["mask_steps"] and "not independent" in ver["note"]
     assert "scan after repair" in (out / "report.md").read_text()
+
+
+def test_report_cost_ratio_is_per_model_against_the_first_method():
+    from banscan.bench.report import _cost_ratio
+
+    recs = [{"model": m, "method": meth, "timings": {"total": t}}
+            for m, meth, t in [("a", "ban", 2.0), ("a", "nc", 4.0), ("b", "ban", 1.0), ("b", "nc", 3.0),
+                               ("c", "nc", 9.0)]]  # c has no ban record: left out
+    assert _cost_ratio(recs, "nc", "ban") == "2.0 / 2.5 / 3.0"
+    assert _cost_ratio(recs, "ban", "nc") == "0.3 / 0.4 / 0.5"

@@ -287,6 +287,13 @@ def _plots(doc: Doc, records: list[dict], metrics: Mapping[str, Any]) -> None:
     doc.img("time", figure_png(time_figure(times)), "Detector time per model (sum of phases), log scale")
 
 
+def _cost_ratio(records: list[dict], method: str, base: str) -> str:
+    """``method``'s time over ``base``'s on the same models: min / median / max of the per-model ratios."""
+    t = {(r["model"], r["method"]): r["timings"]["total"] for r in records}
+    q = sorted(t[k, method] / t[k, base] for k, m in t if m == method and t.get((k, base), 0) > 0)
+    return f"{q[0]:.1f} / {statistics.median(q):.1f} / {q[-1]:.1f}" if q else "–"
+
+
 def _time_table(doc: Doc, records: list[dict], methods: list[str]) -> None:
     doc.h(2, "Time and memory per model")
     rows = []
@@ -306,9 +313,10 @@ def _time_table(doc: Doc, records: list[dict], methods: list[str]) -> None:
                      _num(statistics.mean(r.get("wall_s", 0.0) for r in recs), 1),
                      ", ".join(f"{k} {statistics.mean(v):.1f}" for k, v in phases.items()),
                      f"{statistics.mean(mem):.0f} / {max(mem):.0f}", ", ".join(kinds),
-                     ", ".join(sorted({r.get("device", "?") for r in recs}))])
-    doc.table(["method", "models", "mean s", "mean s, warm", "median s", "max s", "mean wall s (incl. copy)", "mean s per phase",
-               "peak MiB mean / max", "memory measure", "device"], rows)
+                     ", ".join(sorted({r.get("device", "?") for r in recs})), _cost_ratio(records, m, methods[0])])
+    doc.table(["method", "models", "mean s", "mean s, warm", "median s", "max s", "mean wall s (incl. copy)",
+               "mean s per phase", "peak MiB mean / max", "memory measure", "device",
+               f"x {methods[0]} per model (min / median / max)"], rows)
     doc.p("Time: the detector's own phases (`timings.total`); *warm* leaves out the first scan of each method in "
           "each process, which also pays one-time start-up costs (lazy initialisation, kernel loading). "
           "Memory: `cpu_maxrss_delta` is the peak resident memory during the scan above the resident memory at its "
