@@ -1,6 +1,6 @@
 """Time one BAN scan of a full-width ResNet-18 on real CIFAR-10: banscan's default, or ``--preset paper``.
 
-The detector's own image counts (by default 500 optimisation and 5,000 evaluation images, all from the CIFAR-10
+The detector's own image counts (by default 500 optimisation and 2,500 evaluation images, all from the CIFAR-10
 test set, disjoint); ``--param`` sets any BAN parameter. Prints the time of every phase, the total and the peak
 memory, and writes JSON. Weights: random initialisation unless ``--weights`` is given (the cost does not depend on
 the weights).
