@@ -81,6 +81,7 @@ class BenchRecord:
         core = names[:names.index("status") + 1]  # the fields without a default
         return cls(**{k: d.get(k) for k in core}, **{k: d[k] for k in names[len(core):] if d.get(k) is not None})
 
+
 def record_key(rec: Mapping[str, Any]) -> tuple[str, str]:
     return str(rec["model"]), str(rec["method"])
 

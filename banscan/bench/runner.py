@@ -29,7 +29,7 @@ from .io import RESULTS_NAME, RUNS_NAME, BenchRecord, append_jsonl, read_jsonl, 
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = BenchRecord.schema_version  # of results.jsonl lines; BenchRecord writes it
 
 
 def _parse_method_params(text: str | Mapping[str, Any] | None, methods: Sequence[str],

@@ -194,16 +194,10 @@ class BAN(Detector):
             raise BanscanError(f"need eps, class_eps > 0, n_steps, batch_size, restarts, class_steps, n_class_eval, "
                                f"class_batch, mm_images, mm_steps >= 1 and mask_steps >= 0; got {self!r}")
 
-    def _use_amp(self, device: torch.device) -> bool:
-        return amp_enabled(self.amp, device)
-
-    def _autocast(self, device: torch.device):
-        return autocast(self.amp, device)
-
     # ---------------------------------------------------------------- phases
     def _features(self, net: SplitModel, data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         zs, ys = [], []
-        with torch.no_grad(), self._autocast(device):
+        with torch.no_grad(), autocast(self.amp, device):
             for x, y in data.batches(self.batch_size * 2, device):
                 zs.append(net.features(x).float())
                 ys.append(y)
@@ -237,7 +231,7 @@ class BAN(Detector):
 
         def ce(x: torch.Tensor, y: torch.Tensor):
             def f() -> torch.Tensor:
-                with self._autocast(device):
+                with autocast(self.amp, device):
                     return F.cross_entropy(net(x).float(), y)
             return f
 
@@ -263,7 +257,7 @@ class BAN(Detector):
                 losses.append(noise.ascend(ce(x, y), step, project=self.project))
         if self.bn_mode == "recalibrate":
             def fwd(x: torch.Tensor) -> torch.Tensor:
-                with self._autocast(device):
+                with autocast(self.amp, device):
                     return net(x)
             recalibrate_bn(net, fwd, (x for x, _ in opt.batches(self.batch_size * 2, device)))
         return losses
@@ -293,12 +287,12 @@ class BAN(Detector):
                     tgt = torch.full((len(idx),), t, device=device)
 
                     def loss() -> torch.Tensor:
-                        with self._autocast(device):
+                        with autocast(self.amp, device):
                             return -F.cross_entropy(net(x).float(), tgt)
                     noise.ascend(loss, step, project=True)
                 judged = ev.subset(torch.nonzero(ev.y != t).flatten())
                 hits, counts = torch.zeros(k), torch.zeros(k)
-                with torch.inference_mode(), self._autocast(device):
+                with torch.inference_mode(), autocast(self.amp, device):
                     for x, y in judged.batches(self.batch_size * 2, device):
                         hit = (net(x).argmax(1) == t).float().cpu()
                         hits.index_add_(0, y.cpu(), hit)
@@ -320,7 +314,7 @@ class BAN(Detector):
                           "median": rates.nanmedian(1).values.tolist(),
                           "min": torch.where(rates.isnan(), torch.inf, rates).min(1).values.tolist()},
             "pvalue": p, "mad_index": mad_index(per_class.tolist()), "share_target": float(per_class[target]),
-            "n_class_eval": min(self.n_class_eval, len(evl)), "amp": self._use_amp(device),
+            "n_class_eval": min(self.n_class_eval, len(evl)), "amp": amp_enabled(self.amp, device),
         }
         return Evidence(score=-math.log10(max(p, 1e-300)), target=target, stats=stats)
 
@@ -379,7 +373,7 @@ class BAN(Detector):
                 part = evl.subset(idx)
                 noise.set_enabled(True)
                 pn = []
-                with torch.inference_mode(), self._autocast(device):
+                with torch.inference_mode(), autocast(self.amp, device):
                     for x, _ in progress(part.batches(self.batch_size * 2, device), "decision"):
                         z = net.features(x).float()
                         pn.append(net.head(z).argmax(1))
@@ -414,7 +408,7 @@ class BAN(Detector):
             "noise_loss_first": losses[0], "noise_loss_last": losses[-1],
             "restart_targets": restart_targets,
             "restart_agreement": restart_targets.count(int(h_noise.argmax())) / len(restart_targets),
-            "n_noise_params": noise.n_params, "n_eval": n, "amp": self._use_amp(device),
+            "n_noise_params": noise.n_params, "n_eval": n, "amp": amp_enabled(self.amp, device),
         }
         if self.statistic == "noise":
             return Evidence(score=stats["share_noise"], target=stats["target_noise"], stats=stats,

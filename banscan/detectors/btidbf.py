@@ -170,9 +170,6 @@ class BTIDBF(Detector):
         if bpe is not None and (isinstance(bpe, bool) or not isinstance(bpe, int) or bpe < 1):
             raise BanscanError(f"batches_per_epoch must be None or an integer >= 1, got {bpe!r}")
 
-    def _autocast(self, device: torch.device):
-        return autocast(self.amp, device)
-
     def epochs_used(self) -> dict[str, int]:
         """The three epoch counts after ``budget`` scaling."""
         def scaled(n: int) -> int:
@@ -197,7 +194,7 @@ class BTIDBF(Detector):
             batches = stream.epoch(self.batches_per_epoch)
             for x, _ in batches:
                 xn = nz.norm(x)
-                with self._autocast(device):
+                with autocast(self.amp, device):
                     with torch.no_grad():
                         z_c = net.features(x)
                         out_c = net.head(z_c)
@@ -236,7 +233,7 @@ class BTIDBF(Detector):
             for _ in progress(range(self.epochs_used()["mask"]), "btidbf mask"):
                 tot, batches = 0.0, stream.epoch(self.batches_per_epoch)
                 for x, y in batches:
-                    with torch.no_grad(), self._autocast(device):
+                    with torch.no_grad(), autocast(self.amp, device):
                         z = net.features(x).float()
                     m = unit_tanh(theta)
                     loss = F.cross_entropy(net.head(m * z), y) - F.cross_entropy(net.head((1 - m) * z), y)
@@ -266,7 +263,7 @@ class BTIDBF(Detector):
             batches = stream.epoch(self.batches_per_epoch)
             for x, _ in batches:
                 xn = nz.norm(x)
-                with self._autocast(device):
+                with autocast(self.amp, device):
                     with torch.no_grad():
                         z_c = net.features(x).float()
                     gn = gen_net(xn).float()
@@ -342,7 +339,7 @@ class BTIDBF(Detector):
             preds_clean, preds_gen, ys = [], [], []
             sums = {"norm": 0.0, "feat": 0.0, "clean_ms": 0.0}
             examples = None
-            with self._autocast(device):
+            with autocast(self.amp, device):
                 for x, y in evl.batches(self.batch_size * 2, device):
                     xg = self.generate(inv, bd_net, x, gen)
                     with torch.no_grad():

@@ -114,9 +114,6 @@ class ANP(Mitigation):
         if not isinstance(self.holdout, (int, float)) or not 0 < self.holdout < 1:
             raise BanscanError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}")
 
-    def _autocast(self, device: torch.device):
-        return autocast(self.amp, device)
-
     def fit_masks(self, net: SplitModel, data: ImageData, gen: torch.Generator, device: torch.device
                   ) -> tuple[list[torch.Tensor], list[float]]:
         """Optimise the neuron masks on ``data`` (weights frozen); returns one mask per norm layer and losses."""
@@ -138,7 +135,7 @@ class ANP(Mitigation):
 
         def ce(x: torch.Tensor, y: torch.Tensor):
             def f() -> torch.Tensor:
-                with self._autocast(device):
+                with autocast(self.amp, device):
                     return cross_entropy(net(x), y)
             return f
 
@@ -184,7 +181,7 @@ class ANP(Mitigation):
         net.eval()
         hits = 0
         for x, y in data.batches(self.batch_size * 2, device):
-            with self._autocast(device):
+            with autocast(self.amp, device):
                 hits += int((net(x).argmax(1) == y).sum())
         return hits / len(data)
 

@@ -56,7 +56,7 @@ import torch
 from ..models import SplitModel
 from .._utils import BanscanError
 from ..data import ImageData
-from ..train import train_batches
+from ..train import autocast, train_batches
 from ..noise import NeuronNoise, bn_batch_stats, recalibrate_bn
 from . import register_mitigation
 from ._base import check_positive, cross_entropy
@@ -159,7 +159,7 @@ class BANFineTune(FineTune):
         noise = ctx.noise
 
         def ce(labels: torch.Tensor = y) -> torch.Tensor:
-            with self._autocast(device):
+            with autocast(self.amp, device):
                 return cross_entropy(net(x), labels)
 
         if ctx.target is None:
@@ -191,7 +191,7 @@ class BANFineTune(FineTune):
             net.eval()
 
             def fwd(x: torch.Tensor) -> torch.Tensor:
-                with self._autocast(device):
+                with autocast(self.amp, device):
                     return net(x)
 
             # Augmented like the training batches: the weights were fitted to statistics of augmented images

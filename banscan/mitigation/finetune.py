@@ -64,9 +64,6 @@ class FineTune(Mitigation):
         if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
             raise BanscanError(f"momentum must be in [0, 1), got {self.momentum!r}")
 
-    def _autocast(self, device: torch.device):
-        return autocast(self.amp, device)
-
     def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
@@ -80,7 +77,7 @@ class FineTune(Mitigation):
 
     def _loss(self, net: SplitModel, ctx: Any, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        with self._autocast(device):
+        with autocast(self.amp, device):
             out = net(x)
         return cross_entropy(out, y), {}
 
