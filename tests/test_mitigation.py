@@ -23,10 +23,12 @@ from banscan.mitigation import (MitigationResult, evaluate_mitigation, get_mitig
 from banscan.models import create_model
 from banscan.synthetic import make_synthetic
 
-# Few epochs and a higher learning rate than BAN's defaults: seconds on a CPU, same procedure.
+# Few epochs and a higher learning rate than BAN's defaults: seconds on a CPU, same procedure. 4 epochs proved
+# fragile (BA after 0.91-0.96 over seeds 0-1); 8 epochs at lr 0.02 kept BA after >= 0.995, ASR after <= 0.003 on
+# seeds 0-5.
 FAST = {
-    "ban": {"epochs": 4, "lr": 0.02, "batch_size": 64},
-    "ban_scan": {"epochs": 4, "lr": 0.02, "batch_size": 64},
+    "ban": {"epochs": 8, "lr": 0.02, "batch_size": 64},
+    "ban_scan": {"epochs": 8, "lr": 0.02, "batch_size": 64},
     "ft": {"epochs": 1, "batch_size": 64},
     "anp": {"n_iters": 8, "batch_size": 64},
     "btidbf_u": {"n_rounds": 1, "n_unlearn_epochs": 1, "n_pretrain_epochs": 1, "n_mask_epochs": 1,
