@@ -1,0 +1,150 @@
+"""The blind judgement of BAN's default on cifar10-eval2 (issue 13), as pre-registered in
+``benchmarks/results/cifar10-eval2/preregistration.md``.
+
+The zoo takes about 15 CPU-hours to build and ``runs/`` has twice been lost between sessions, so every model is
+judged as soon as it is built and its card and signal are committed; only the weights are ever lost. The detector
+is the frozen one: ``benchmarks/dev_signals.py`` and banscan of commit 1c098a7 (a worktree, ``runs/src-judge``),
+candidate ``ban-noise-r5-s10-b64-e2500`` (= that commit's ``BAN()``), seed 0, one thread. Metrics are computed
+once, when every model of the spec has a card (failed gates included) and every gated model a signal.
+
+    python benchmarks/judge_cifar10_eval2.py build [--shard K/N]  # build (commit af1c253) what has no card yet
+    python benchmarks/judge_cifar10_eval2.py scan [--watch]       # judge built models not judged yet; record cards
+    python benchmarks/judge_cifar10_eval2.py summary              # the metrics (threshold 0.16), once all are in
+
+On this 2-core machine (resumable; after a loss of runs/ only what has no card is built again):
+    for k in 0 1; do
+        nohup python benchmarks/judge_cifar10_eval2.py build --shard $k/2 > runs/build-eval2/shard$k.log 2>&1 &
+    done
+    nohup python benchmarks/judge_cifar10_eval2.py scan --watch > runs/build-eval2/judge.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks/results/cifar10-eval2"
+SIGNALS, CARDS = OUT / "signals.jsonl", OUT / "cards.json"
+FROZEN, FROZEN_SRC = "1c098a7", ROOT / "runs/src-judge"  # the default's commit; the zoo's build commit is af1c253
+BUILD, BUILD_SRC = "af1c253", ROOT / "runs/src-build2"
+CANDIDATE, THRESHOLD = "ban-noise-r5-s10-b64-e2500", 0.16
+ZOO = ROOT / "runs/zoo-eval2"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "BANSCAN_DATA_DIR": os.environ.get("BANSCAN_DATA_DIR", str(ROOT.parent / "shared/data"))}
+
+
+def _worktree(path: Path, commit: str) -> None:
+    if not path.is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", str(path), commit], check=True)
+
+
+def _spec() -> dict:
+    return tomllib.loads((BUILD_SRC / "banscan/specs/cifar10-eval2.toml").read_text())
+
+
+def _plan_ids(groups: list[dict]) -> list[list[str]]:
+    """Model ids of each spec group, by the build commit's own plan expansion."""
+    code = ("import json, sys; from banscan.zoo import _plan, load_spec; s = load_spec(json.load(sys.stdin)); "
+            "print(json.dumps([[e['id'] for e in _plan({**s, 'models': [g]})] for g in s['models']]))")
+    spec = {**_spec(), "models": groups}
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), text=True, capture_output=True,
+                       cwd=BUILD_SRC, env={**ENV, "PYTHONPATH": str(BUILD_SRC)}, check=True)
+    return json.loads(r.stdout)
+
+
+def _cards() -> dict:
+    return json.loads(CARDS.read_text()) if CARDS.is_file() else {}
+
+
+def _judged() -> set[str]:
+    return {json.loads(x)["model"] for x in SIGNALS.read_text().splitlines() if x.strip()} if SIGNALS.is_file() \
+        else set()
+
+
+def scan() -> int:
+    """Judge every built model not judged yet; record the card of each judged (or gate-failed) model."""
+    if not (ZOO / "manifest.json").is_file():
+        print(f"no models built yet in {ZOO}")
+        return 0
+    _worktree(FROZEN_SRC, FROZEN)
+    env = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import dev_signals; "
+            "dev_signals.scan(sys.argv[2], Path(sys.argv[3]), [sys.argv[4]], 0)")
+    subprocess.run([sys.executable, "-c", code, str(FROZEN_SRC / "benchmarks"), str(ZOO), str(SIGNALS), CANDIDATE],
+                   env=env, check=True)
+    manifest = json.loads((ZOO / "manifest.json").read_text())
+    judged, cards = _judged(), _cards()
+    new = {c["id"]: c for c in manifest["models"] if c["id"] not in cards
+           and (c["id"] in judged or c.get("status") == "failed")}
+    if new:
+        cards.update(new)
+        CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
+    print(f"{len(cards)} models judged or gate-failed so far ({len(new)} new)")
+    return len(new)
+
+
+def build(shard: str | None) -> None:
+    """Build, with the zoo's build commit, the models of cifar10-eval2 that have no card here yet."""
+    _worktree(BUILD_SRC, BUILD)
+    spec, done = _spec(), set(_cards())
+    groups = []
+    for g, ids in zip(spec["models"], _plan_ids(spec["models"])):
+        assert len(ids) == len(g.get("seeds", [0])), "cifar10-eval2 groups have one target and one rate"
+        seeds = [s for s, i in zip(g.get("seeds", [0]), ids) if i not in done]
+        if seeds:
+            groups.append({**g, "seeds": seeds})
+    print(f"{sum(len(g['seeds']) for g in groups)} models of cifar10-eval2 have no card yet", flush=True)
+    if not groups:
+        return
+    k, n = (int(x) for x in shard.split("/")) if shard else (None, None)
+    code = ("import json, logging, sys; from banscan.zoo import build_zoo; logging.basicConfig(level=logging.INFO); "
+            "a = json.loads(sys.argv[1]); build_zoo(a['spec'], a['out'], device='cpu', "
+            "shard=None if a['k'] is None else (a['k'], a['n']))")
+    arg = json.dumps({"spec": {**spec, "models": groups}, "out": str(ZOO), "k": k, "n": n})
+    env = {**ENV, "PYTHONPATH": str(BUILD_SRC)}
+    subprocess.run([sys.executable, "-c", code, arg], cwd=BUILD_SRC, env=env, check=True)
+
+
+def summary() -> None:
+    spec, cards, judged = _spec(), _cards(), _judged()
+    ids = [i for group in _plan_ids(spec["models"]) for i in group]
+    missing = [i for i in ids if i not in cards or (cards[i].get("status") == "ok" and i not in judged)]
+    if missing:
+        raise SystemExit(f"{len(missing)} of {len(ids)} models are not judged yet (e.g. {missing[:3]}): the metrics "
+                         "are computed once, on the whole zoo")
+    _worktree(FROZEN_SRC, FROZEN)
+    subprocess.run([sys.executable, str(FROZEN_SRC / "benchmarks/dev_signals.py"), "--zoo", str(ZOO),
+                    "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{CANDIDATE}={THRESHOLD}",
+                    "--summary", str(OUT / "summary.json")],
+                   env={**ENV, "PYTHONPATH": str(FROZEN_SRC)}, check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=["build", "scan", "summary"])
+    ap.add_argument("--shard", metavar="K/N", help="build: only every N-th model from K, for N parallel processes")
+    ap.add_argument("--watch", action="store_true", help="scan: repeat every 5 minutes while a zoo build runs")
+    args = ap.parse_args()
+    if args.step == "scan":
+        scan()
+        building = ["pgrep", "-f", "zoo build|build_zoo"]
+        while args.watch and subprocess.run(building, capture_output=True).returncode == 0:
+            time.sleep(300)
+            scan()
+        if args.watch:
+            scan()  # the models finished in the last interval
+    elif args.step == "build":
+        build(args.shard)
+    else:
+        summary()
+
+
+if __name__ == "__main__":
+    main()
