@@ -137,7 +137,10 @@ def main() -> None:
         building = ["pgrep", "-f", "zoo build|build_zoo"]
         while args.watch and subprocess.run(building, capture_output=True).returncode == 0:
             time.sleep(300)
-            scan()
+            try:
+                scan()
+            except subprocess.CalledProcessError as e:  # e.g. a model file caught mid-write: retry next round
+                print(f"scan failed ({e}); retrying in 5 minutes", flush=True)
         if args.watch:
             scan()  # the models finished in the last interval
     elif args.step == "build":
