@@ -10,6 +10,11 @@ directory, with a separate interpreter (``--official-python``; torch 2.14.1 / to
 project's install). The two codes' decision images differ by design: the official ``get_target_label`` scores
 the augmented optimisation images, banscan its disjoint evaluation images; both add N(0, 0.03^2) noise first.
 
+With several ``--seeds`` each side runs once per seed (a seed picks the optimisation images, shared by both
+sides, and each side's own random state), which shows how often a code disagrees with itself: the noise that a
+disagreement between the two codes is to be judged against. Resumable: each finished (model, seed) is written to
+``--out`` at once and skipped on a rerun.
+
 Run (about 19 min of one CPU thread at the default budget: 3 models, about 3 min per side each):
 
     OMP_NUM_THREADS=1 python benchmarks/btidbf_parity.py --official-python /tmp/official-env/bin/python
@@ -180,7 +185,7 @@ def main() -> None:
     ap.add_argument("--preround", type=int, default=10, help="pre-training epochs (official saves every 10)")
     ap.add_argument("--mround", type=int, default=5)
     ap.add_argument("--uround", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     if a.preround % 10:
@@ -193,59 +198,78 @@ def main() -> None:
 
     cards = {c["id"]: c for c in load_manifest(a.zoo)["models"]}
     data = defender_data(a.zoo)
-    opt, _ = data.split(a.n_opt, a.n_eval, seed=a.seed)  # exactly banscan's optimisation part at this seed
     test = test_data(a.zoo)
     to_hwc = lambda d, n: (d.x[:n].permute(0, 2, 3, 1).contiguous().numpy(), d.y[:n].numpy())  # noqa: E731
-    rows = []
-    for mid in a.models:
-        card = cards[mid]
-        if card["arch"] != "resnet18" or card["arch_kwargs"].get("base_width") != 16:
-            raise SystemExit(f"{mid}: this driver maps width-16 ResNet-18s only")
-        model = load_zoo_model(a.zoo, card)
-        t0 = time.time()
-        det = BTIDBF(n_opt=a.n_opt, n_eval=a.n_eval, n_pretrain_epochs=a.preround, n_mask_epochs=a.mround,
-                     n_gen_epochs=a.uround, batch_size=128)
-        r = det.detect(model, data)
-        t_ban = time.time() - t0
-        with tempfile.TemporaryDirectory(prefix="btidbf-official-") as tmp:
-            work = Path(tmp)
-            commit = setup_official(work, model.state_dict(), card["target"] or 0, a.official_python,
-                                    to_hwc(opt, a.n_opt), to_hwc(test, 256))
-            rounds = {"preround": a.preround, "mround": a.mround, "uround": a.uround, "tlabel": card["target"] or 0}
+    budget = {"n_opt": a.n_opt, "n_eval_banscan": a.n_eval, "batch_size": 128, "preround": a.preround,
+              "mround": a.mround, "uround": a.uround,
+              "official_defaults": {"preround": 50, "mround": 20, "uround": 30, "n_opt": 2500}}
+    out = json.loads(a.out.read_text()) if a.out.exists() else {}
+    if out and out["budget"] != budget:
+        raise SystemExit(f"{a.out} holds another budget ({out['budget']}); pick another --out")
+    rows = out.get("rows", [])
+    done = {(r["model"], r.get("seed", 0)) for r in rows}
+    commit = out.get("official_commit")
+    for seed in a.seeds:  # every model at one seed before the next seed: a partial run is still a parity run
+        opt, _ = data.split(a.n_opt, a.n_eval, seed=seed)  # exactly banscan's optimisation part at this seed
+        for mid in a.models:
+            if (mid, seed) in done:
+                continue
+            card = cards[mid]
+            if card["arch"] != "resnet18" or card["arch_kwargs"].get("base_width") != 16:
+                raise SystemExit(f"{mid}: this driver maps width-16 ResNet-18s only")
+            model = load_zoo_model(a.zoo, card)
             t0 = time.time()
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            proc = subprocess.run([a.official_python, "-c", DRIVER, str(a.seed), json.dumps(rounds), "off.json"],
-                                  cwd=work, env=env, capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"official run failed on {mid}:\n{proc.stderr[-3000:]}")
-            off = json.loads((work / "off.json").read_text())
-            t_off = time.time() - t0
-        true_t = card["target"]
-        h_b = [int(v) for v in r.stats["hist_generated"]]
-        rows.append({
-            "model": mid, "attack": card["attack"], "true_target": true_t,
-            "banscan": {"target": r.target, "score": r.score, "hist": h_b, "n": sum(h_b), "time_s": t_ban,
-                        "bounds": r.stats["bounds"], "hist_clean": [int(v) for v in r.stats["hist_clean"]]},
-            "official": {"target": off["target"], "score": max(off["hist"]) / sum(off["hist"]), "hist": off["hist"],
-                         "n": sum(off["hist"]), "time_s": t_off, "torch": off["torch"]},
-            "same_target": r.target == off["target"],
-            "hist_l1_share": sum(abs(x / sum(h_b) - y / sum(off["hist"])) for x, y in zip(h_b, off["hist"])) / 2,
-        })
-        print(json.dumps(rows[-1]), flush=True)
-    out = {"budget": {"n_opt": a.n_opt, "n_eval_banscan": a.n_eval, "batch_size": 128, "preround": a.preround,
-                      "mround": a.mround, "uround": a.uround, "seed": a.seed,
-                      "official_defaults": {"preround": 50, "mround": 20, "uround": 30, "n_opt": 2500}},
-           "official_commit": commit, "official_changes": OFFICIAL_CHANGES, "banscan_version": __version__,
-           "banscan_torch": torch.__version__, "zoo": str(a.zoo),
-           "decision_images": "official: the augmented optimisation images; banscan: its disjoint evaluation part",
-           "rows": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=2))
-    print(f"\n{'model':28s} {'true':>4s} {'banscan':>7s} {'official':>8s} {'share b/o':>11s} {'TV dist':>7s}")
+            det = BTIDBF(n_opt=a.n_opt, n_eval=a.n_eval, n_pretrain_epochs=a.preround, n_mask_epochs=a.mround,
+                         n_gen_epochs=a.uround, batch_size=128, seed=seed)
+            r = det.detect(model, data)
+            t_ban = time.time() - t0
+            with tempfile.TemporaryDirectory(prefix="btidbf-official-") as tmp:
+                work = Path(tmp)
+                commit = setup_official(work, model.state_dict(), card["target"] or 0, a.official_python,
+                                        to_hwc(opt, a.n_opt), to_hwc(test, 256))
+                rounds = {"preround": a.preround, "mround": a.mround, "uround": a.uround,
+                          "tlabel": card["target"] or 0}
+                t0 = time.time()
+                env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                proc = subprocess.run([a.official_python, "-c", DRIVER, str(seed), json.dumps(rounds), "off.json"],
+                                      cwd=work, env=env, capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(f"official run failed on {mid}:\n{proc.stderr[-3000:]}")
+                off = json.loads((work / "off.json").read_text())
+                t_off = time.time() - t0
+            h_b = [int(v) for v in r.stats["hist_generated"]]
+            rows.append({
+                "model": mid, "seed": seed, "attack": card["attack"], "true_target": card["target"],
+                "banscan": {"target": r.target, "score": r.score, "hist": h_b, "n": sum(h_b), "time_s": t_ban,
+                            "bounds": r.stats["bounds"], "hist_clean": [int(v) for v in r.stats["hist_clean"]]},
+                "official": {"target": off["target"], "score": max(off["hist"]) / sum(off["hist"]),
+                             "hist": off["hist"], "n": sum(off["hist"]), "time_s": t_off, "torch": off["torch"]},
+                "same_target": r.target == off["target"],
+                "hist_l1_share": sum(abs(x / sum(h_b) - y / sum(off["hist"])) for x, y in zip(h_b, off["hist"])) / 2,
+            })
+            print(json.dumps(rows[-1]), flush=True)
+            out = {"budget": budget, "seeds": a.seeds, "official_commit": commit, "official_changes": OFFICIAL_CHANGES,
+                   "banscan_version": __version__, "banscan_torch": torch.__version__, "zoo": str(a.zoo),
+                   "decision_images": "official: the augmented optimisation images; banscan: its disjoint "
+                                      "evaluation part", "rows": rows}
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps(out, indent=2))
+    print(f"\n{'model':28s} {'seed':>4s} {'true':>4s} {'banscan':>7s} {'official':>8s} {'share b/o':>11s} "
+          f"{'TV dist':>7s}")
     for row in rows:
-        print(f"{row['model']:28s} {str(row['true_target']):>4s} {row['banscan']['target']:>7d} "
-              f"{row['official']['target']:>8d} {row['banscan']['score']:5.2f}/{row['official']['score']:4.2f} "
-              f"{row['hist_l1_share']:7.3f}")
+        print(f"{row['model']:28s} {row.get('seed', 0):4d} {str(row['true_target']):>4s} "
+              f"{row['banscan']['target']:>7d} {row['official']['target']:>8d} "
+              f"{row['banscan']['score']:5.2f}/{row['official']['score']:4.2f} {row['hist_l1_share']:7.3f}")
+    # How often each code names the same class as itself at another seed, against how often the two codes agree.
+    by = {}
+    for row in rows:
+        by.setdefault(row["model"], {})[row.get("seed", 0)] = row
+    pairs = [(s[x], s[y]) for s in by.values() for i, x in enumerate(sorted(s)) for y in sorted(s)[i + 1:]]
+    if pairs:
+        for side in ("banscan", "official"):
+            same = sum(p[side]["target"] == q[side]["target"] for p, q in pairs)
+            print(f"{side} against itself at another seed: same target {same}/{len(pairs)}")
+    print(f"banscan against official, same seed: same target {sum(r['same_target'] for r in rows)}/{len(rows)}")
     print(f"wrote {a.out}")
 
 
