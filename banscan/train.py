@@ -88,6 +88,23 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def channels_last_ok(model: nn.Module, device: torch.device) -> bool:
+    """Whether channels-last memory is worth using (4-D weights) and safe for ``model`` on ``device``.
+
+    torch 2.13's CPU kernels crash the process on two channels-last patterns, so these models stay contiguous on
+    the CPU: GroupNorm (its backward segfaults when the input needs no gradient) and a strided 1x1 convolution
+    with 2 to 7 input channels (its weight gradient corrupts the heap with one thread on AVX2 CPUs; seen on
+    ResNet shortcuts at ``base_width=4``).
+    """
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return False
+    if device.type != "cpu":
+        return True
+    return not any(isinstance(m, nn.GroupNorm) or (
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8)
+        for m in model.modules())
+
+
 def amp_enabled(amp: bool | None, device: torch.device) -> bool:
     """bfloat16 autocast on or off: ``amp`` if given, else on for CUDA and for CPUs with native bfloat16."""
     if amp is not None:
@@ -113,7 +130,8 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
     dev = resolve_device(device, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     net = SplitModel(model, data.mean, data.std).to(dev)
-    if cfg.channels_last:
+    channels_last = cfg.channels_last and channels_last_ok(model, dev)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     amp = amp_enabled(cfg.amp, dev)
     params = list(model.parameters()) + list(extra_params or [])
@@ -140,7 +158,7 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
                 xb, yb = hooked[0], hooked[1]
                 if len(hooked) > 2:
                     extra_loss = hooked[2]
-            if cfg.channels_last:
+            if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(amp, dev):
                 out = net(xb)
@@ -158,7 +176,7 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
         torch.cuda.synchronize(dev)
     elapsed = time.perf_counter() - t0
     model.eval()
-    if cfg.channels_last:
+    if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return {"train_time_s": round(elapsed, 3), "images_per_s": round(seen / max(elapsed, 1e-9), 1),
             "final_loss": last_loss, "amp": amp, "device": str(dev), "config": cfg.to_dict()}

@@ -323,6 +323,23 @@ def test_ban_works_on_groupnorm_user_model(data) -> None:
 
 
 # ------------------------------------------------------------------ CLI
+def test_channels_last_avoids_the_cpu_patterns_that_crash_torch() -> None:
+    """Training a ResNet with 4-channel strided shortcuts in channels-last corrupted the heap (torch 2.13, AVX2)."""
+    from banscan.train import TrainConfig, channels_last_ok, train_model
+
+    cpu = torch.device("cpu")
+    assert channels_last_ok(create_model("resnet18", 4, base_width=16), cpu)
+    assert not channels_last_ok(create_model("resnet18", 4, base_width=4), cpu)
+    assert channels_last_ok(create_model("resnet18", 4, base_width=4), torch.device("cuda"))
+    assert not channels_last_ok(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), cpu)
+    assert not channels_last_ok(nn.Linear(4, 2), cpu)
+    model = create_model("resnet18", 4, base_width=4)
+    stats = train_model(model, make_synthetic(64, num_classes=4, size=16, seed=0),
+                        TrainConfig(epochs=2, batch_size=16, channels_last=True))
+    assert stats["final_loss"] == stats["final_loss"]  # finished, finite
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
     w = save_weights(model, tmp_path / "m.safetensors")
     np.savez(tmp_path / "clean.npz", x=data.x.permute(0, 2, 3, 1).numpy(), y=data.y.numpy())

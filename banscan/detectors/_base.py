@@ -23,6 +23,7 @@ from torch import nn
 from .._utils import BanscanError, HyperParams, PhaseTimer, json_safe, resolve_device, versions
 from ..data import ImageData
 from ..models import SplitModel
+from ..train import channels_last_ok
 
 __all__ = ["Detector", "DetectionResult", "Evidence", "calibrate_threshold", "class_hist"]
 
@@ -157,10 +158,7 @@ class Detector(HyperParams, ABC):
         opt, evl = data.split(self.n_opt, self.n_eval, seed=self.seed)
         net = SplitModel(copy.deepcopy(model), data.mean, data.std, self.split_layer).to(dev).eval()
         net.requires_grad_(False)
-        # Channels-last convolutions are faster and the copy is private. Not with GroupNorm: its CPU backward on
-        # channels-last input crashes the process in torch 2.13 (segfault) when the input needs no gradient.
-        if any(p.dim() == 4 for p in net.parameters()) and not any(
-                isinstance(m, nn.GroupNorm) for m in net.modules()):
+        if channels_last_ok(net, dev):  # faster convolutions; the copy is private
             net.to(memory_format=torch.channels_last)
         x, _ = next(evl.batches(2, dev))
         k = net.probe(x, data.y)
