@@ -75,10 +75,15 @@ def scan() -> int:
         return 0
     _worktree(FROZEN_SRC, FROZEN)
     env = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
+    # The frozen detector's amp=None means bf16 autocast on CPUs with native bf16, which the machine that judged
+    # the first 51 models had (their records say amp: true); on one without it (AVX2 only) it would switch to fp32,
+    # so the judge turns bf16 autocast on, as recorded, whatever the CPU.
     code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import dev_signals; "
+            "import banscan.train; banscan.train.cpu_has_bf16 = lambda: True; "
             "dev_signals.scan(sys.argv[2], Path(sys.argv[3]), [sys.argv[4]], 0)")
+    # cwd: `python -c` puts its working directory first on sys.path, ahead of PYTHONPATH
     subprocess.run([sys.executable, "-c", code, str(FROZEN_SRC / "benchmarks"), str(ZOO), str(SIGNALS), CANDIDATE],
-                   env=env, check=True)
+                   cwd=FROZEN_SRC, env=env, check=True)
     manifest = json.loads((ZOO / "manifest.json").read_text())
     judged, cards = _judged(), _cards()
     new = {c["id"]: c for c in manifest["models"] if c["id"] not in cards
