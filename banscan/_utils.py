@@ -93,6 +93,7 @@ def versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "python": platform.python_version(),
         "cuda": str(torch.version.cuda) if torch.cuda.is_available() else "none",
+        "cpu": torch.backends.cpu.get_cpu_capability(),  # the kernels used (e.g. AVX2, AVX512): results differ
     }
 
 

@@ -32,6 +32,12 @@ def _stable(path: Path) -> dict:
     return {(r["model"], r["method"]): {k: v for k, v in r.items() if k not in VOLATILE} for r in recs}
 
 
+def _diff(a: dict, b: dict) -> str:
+    """The fields that differ between two sets of records, for the failure message."""
+    return "; ".join(f"{key} {f}: {a[key].get(f)!r} != {b[key].get(f)!r}" for key in sorted(set(a) & set(b))
+                     for f in sorted(set(a[key]) | set(b[key])) if a[key].get(f) != b[key].get(f))
+
+
 @pytest.fixture(scope="module")
 def ray_zoo(ray_local, tmp_path_factory):
     """The tiny zoo built through Ray by a driver that is killed after its first model, then resumed."""
@@ -89,7 +95,7 @@ def test_bench_and_repairs_on_ray_give_the_sequential_records(ray_zoo, ray_local
     assert main(["-q", "bench", "--zoo", str(zoo), "--methods", "ban", "--out", str(tmp_path / "ray"), "--no-report",
                  *params, "--ray", address]) == 0
     seq, ray = _stable(tmp_path / "seq" / "results.jsonl"), _stable(tmp_path / "ray" / "results.jsonl")
-    assert seq == ray and len(seq) == 4
+    assert seq == ray and len(seq) == 4, _diff(seq, ray)
     ft = {"ft": {"epochs": 1, "batch_size": 32}}
     a = mitigate_zoo(zoo, ["ft"], out=tmp_path / "seq", params=ft)
     b = mitigate_zoo(zoo, ["ft"], out=tmp_path / "ray", params=ft, ray=RayConfig())
@@ -112,4 +118,5 @@ def test_a_worker_killed_mid_run_still_yields_every_record(ray_zoo, tmp_path, mo
                                    method_params={"ban": BAN}), ray=RayConfig(max_retries=2))
     assert (tmp_path / "died").exists()  # a worker died in its first scan; Ray ran the task again
     assert counts == {"scanned": 4, "errors": 0, "skipped": 0}
-    assert _stable(tmp_path / "seq" / "results.jsonl") == _stable(tmp_path / "ray" / "results.jsonl")
+    seq, ray = _stable(tmp_path / "seq" / "results.jsonl"), _stable(tmp_path / "ray" / "results.jsonl")
+    assert seq == ray, _diff(seq, ray)
