@@ -108,6 +108,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         head_mismatch = [s for s in shapes if s.split(":")[0].rsplit(".", 1)[0] in _head_names(model)]
         if head_mismatch and len(shapes) == len(head_mismatch):
             hint = " The mismatch is only in the classifier: check the number of classes."
+        conv = next((k for k in own if k in sd and sd[k].dim() == 4 and sd[k].shape != own[k].shape), None)
+        if conv and not (missing or unexpected):  # same layers, other channel counts: another width
+            hint = (f" The layers are the same but {conv} has {sd[conv].shape[0]} output channels in the file and "
+                    f"{own[conv].shape[0]} in the model: the model was trained at another width; set the "
+                    "architecture's width argument (--arch-kwargs; `banscan models` lists them).")
         raise BanscanError(
             f"{path} does not match architecture {type(model).__name__}: " + "; ".join(parts) + "." + hint
         )

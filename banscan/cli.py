@@ -173,9 +173,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    import inspect
 
-    print("\n".join(list_models()))
+    from .models import _resolve_factory, list_models
+
+    for name in list_models():  # each with the keyword arguments --arch-kwargs takes, and their defaults
+        params = inspect.signature(_resolve_factory(name)).parameters.values()
+        print(name, " ".join(f"{p.name}={p.default!r}" for p in params
+                             if p.name != "num_classes" and p.default is not inspect.Parameter.empty))
     return 0
 
 

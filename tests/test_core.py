@@ -149,6 +149,8 @@ def test_bad_checkpoints(tmp_path, model) -> None:
         load_weights(create_model("vgg16_bn", 4, width=4), tmp_path / "r18.safetensors")
     with pytest.raises(BanscanError, match="number of classes"):
         load_weights(create_model("resnet18", 10, base_width=4), tmp_path / "r18.safetensors")
+    with pytest.raises(BanscanError, match="conv1.weight has 4 output channels in the file and 8 in the model"):
+        load_weights(create_model("resnet18", 4, base_width=8), tmp_path / "r18.safetensors")
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     save_weights(sd, tmp_path / "nan.safetensors")
@@ -338,6 +340,13 @@ def test_channels_last_avoids_the_cpu_patterns_that_crash_torch() -> None:
                         TrainConfig(epochs=2, batch_size=16, channels_last=True))
     assert stats["final_loss"] == stats["final_loss"]  # finished, finite
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_cli_models_lists_each_architectures_arguments(capsys) -> None:
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "resnet18 base_width=64 in_chans=3" in lines and "vgg16_bn width=64 in_chans=3" in lines
+    assert len(lines) == len(list_models())
 
 
 def test_cli_detect_and_errors(tmp_path, model, data, capsys) -> None:
