@@ -125,10 +125,22 @@ def summary() -> None:
         raise SystemExit(f"{len(missing)} of {len(ids)} models are not judged yet (e.g. {missing[:3]}): the metrics "
                          "are computed once, on the whole zoo")
     _worktree(FROZEN_SRC, FROZEN)
+    env = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
     subprocess.run([sys.executable, str(FROZEN_SRC / "benchmarks/dev_signals.py"), "--zoo", str(ZOO),
                     "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{CANDIDATE}={THRESHOLD}",
-                    "--summary", str(OUT / "summary.json")],
-                   env={**ENV, "PYTHONPATH": str(FROZEN_SRC)}, check=True)
+                    "--summary", str(OUT / "summary.json")], env=env, check=True)
+    # The frozen analysis finds the training-length probe by "-e30-" in the model id, but cifar10-eval2's probe
+    # models are named cifar10-eval2-s400..s405 (its spec's generator rewrote their names): split by the cards'
+    # epochs instead, with the same frozen summarize().
+    long = sorted(i for i, c in cards.items() if c["train"]["epochs"] == 30)  # the probe: 3x the clean recipe
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import dev_signals as d; a = json.loads(sys.argv[1]); "
+            "rs = [json.loads(x) for x in open(a['signals']) if x.strip()]; "
+            "f = lambda keep: d.summarize([r for r in rs if (r['model'] in a['long']) == keep], a['thr'])['all']; "
+            "s = json.load(open(a['summary'])); s['probe_by_epochs'] = {'long_ids': a['long'], 'long': f(True), "
+            "'short': f(False)}; json.dump(s, open(a['summary'], 'w'), indent=1); "
+            "print('probe (30 epochs):', json.dumps(s['probe_by_epochs']['long']))")
+    arg = {"signals": str(SIGNALS), "summary": str(OUT / "summary.json"), "thr": THRESHOLD, "long": long}
+    subprocess.run([sys.executable, "-c", code, json.dumps(arg)], cwd=FROZEN_SRC, env=env, check=True)
 
 
 def main() -> None:
