@@ -342,6 +342,19 @@ def test_channels_last_avoids_the_cpu_patterns_that_crash_torch() -> None:
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+def test_amp_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog) -> None:
+    import banscan.train as tr
+
+    monkeypatch.setattr(tr, "cpu_has_bf16", lambda: False)
+    tr._warn_emulated_bf16.cache_clear()
+    cpu = torch.device("cpu")
+    assert tr.amp_enabled(True, cpu) and tr.amp_enabled(True, cpu) and not tr.amp_enabled(None, cpu)
+    assert sum("emulated" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(tr, "cpu_has_bf16", lambda: True)
+    assert tr.amp_enabled(None, cpu) and not tr.amp_enabled(False, cpu)
+    tr._warn_emulated_bf16.cache_clear()
+
+
 def test_cli_models_lists_each_architectures_arguments(capsys) -> None:
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
