@@ -324,7 +324,7 @@ def test_ban_works_on_groupnorm_user_model(data) -> None:
     assert r.stats["n_noise_params"] == 16
 
 
-# ------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------ training and precision on the CPU
 def test_channels_last_avoids_the_cpu_patterns_that_crash_torch() -> None:
     """Training a ResNet with 4-channel strided shortcuts in channels-last corrupted the heap (torch 2.13, AVX2)."""
     from banscan.train import TrainConfig, channels_last_ok, train_model
@@ -355,6 +355,7 @@ def test_amp_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog) -> Non
     tr._warn_emulated_bf16.cache_clear()
 
 
+# ------------------------------------------------------------------ CLI
 def test_cli_models_lists_each_architectures_arguments(capsys) -> None:
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
