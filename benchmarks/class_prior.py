@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from banscan.bench import auroc
+from banscan.jsonl import read_jsonl
+from dev_signals import CLEAN_LABEL
 
 R = Path(__file__).resolve().parent / "results"
 CANDIDATE = "ban-noise-r5-s10-b64-e2500"
 ZOOS = {"cifar10-dev": R / "cifar10-dev/signals-schedule.jsonl",
         "cifar10-eval": R / "cifar10-eval/signals-schedule.jsonl",
         "cifar10-eval2": R / "cifar10-eval2/signals.jsonl"}
-CLEAN_LABEL = ("lc", "sig")
 
 
 def shares(r: dict) -> np.ndarray:
@@ -38,8 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=R / "class_prior.json")
     args = ap.parse_args()
-    zoos = {z: [r for r in (json.loads(x) for x in p.read_text().splitlines() if x.strip())
-                if r["candidate"] == CANDIDATE] for z, p in ZOOS.items()}
+    zoos = {z: [r for r in read_jsonl(p) if r["candidate"] == CANDIDATE] for z, p in ZOOS.items()}
     out = {"candidate": CANDIDATE, "held_out": {}}
     for held, rs in zoos.items():
         ref = np.array([shares(r) for z, v in zoos.items() if z != held for r in v if not r["attack"]])

@@ -38,6 +38,7 @@ CANDIDATE, THRESHOLD = "ban-noise-r5-s10-b64-e2500", 0.16
 ZOO = ROOT / "runs/zoo-eval2"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "BANSCAN_DATA_DIR": os.environ.get("BANSCAN_DATA_DIR", str(ROOT.parent / "shared/data"))}
+FROZEN_ENV = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
 
 
 def _worktree(path: Path, commit: str) -> None:
@@ -74,7 +75,6 @@ def scan() -> int:
         print(f"no models built yet in {ZOO}")
         return 0
     _worktree(FROZEN_SRC, FROZEN)
-    env = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
     # The frozen detector's amp=None means bf16 autocast on CPUs with native bf16, which the machine that judged
     # the first 51 models had (their records say amp: true); on one without it (AVX2 only) it would switch to fp32,
     # so the judge turns bf16 autocast on, as recorded, whatever the CPU.
@@ -83,7 +83,7 @@ def scan() -> int:
             "dev_signals.scan(sys.argv[2], Path(sys.argv[3]), [sys.argv[4]], 0)")
     # cwd: `python -c` puts its working directory first on sys.path, ahead of PYTHONPATH
     subprocess.run([sys.executable, "-c", code, str(FROZEN_SRC / "benchmarks"), str(ZOO), str(SIGNALS), CANDIDATE],
-                   cwd=FROZEN_SRC, env=env, check=True)
+                   cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
     manifest = json.loads((ZOO / "manifest.json").read_text())
     judged, cards = _judged(), _cards()
     new = {c["id"]: c for c in manifest["models"] if c["id"] not in cards
@@ -125,10 +125,9 @@ def summary() -> None:
         raise SystemExit(f"{len(missing)} of {len(ids)} models are not judged yet (e.g. {missing[:3]}): the metrics "
                          "are computed once, on the whole zoo")
     _worktree(FROZEN_SRC, FROZEN)
-    env = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
     subprocess.run([sys.executable, str(FROZEN_SRC / "benchmarks/dev_signals.py"), "--zoo", str(ZOO),
                     "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{CANDIDATE}={THRESHOLD}",
-                    "--summary", str(OUT / "summary.json")], env=env, check=True)
+                    "--summary", str(OUT / "summary.json")], env=FROZEN_ENV, check=True)
     # The frozen analysis finds the training-length probe by "-e30-" in the model id, but cifar10-eval2's probe
     # models are named cifar10-eval2-s400..s405 (its spec's generator rewrote their names): split by the cards'
     # epochs instead, with the same frozen summarize().
@@ -140,7 +139,7 @@ def summary() -> None:
             "'short': f(False)}; json.dump(s, open(a['summary'], 'w'), indent=1); "
             "print('probe (30 epochs):', json.dumps(s['probe_by_epochs']['long']))")
     arg = {"signals": str(SIGNALS), "summary": str(OUT / "summary.json"), "thr": THRESHOLD, "long": long}
-    subprocess.run([sys.executable, "-c", code, json.dumps(arg)], cwd=FROZEN_SRC, env=env, check=True)
+    subprocess.run([sys.executable, "-c", code, json.dumps(arg)], cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
 
 
 def main() -> None:
