@@ -206,11 +206,11 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
             raise BanscanError(f"--shard takes I/N (e.g. 0/4), got {args.shard!r}") from None
         shard = (k, n)
     m = build_zoo(args.spec, args.out, device=args.device, retry_failed=args.retry_failed, on_model=report,
-                  shard=shard, ray=_ray_config(args))
+                  shard=shard, ray=_ray_config(args), only=args.only.split(",") if args.only else None)
     n_ok = sum(c["status"] == "ok" for c in m["models"])
     print(f"zoo written to {args.out}: {n_ok}/{len(m['models'])} models passed the gate "
           f"(defender split: {m['defender_split']['size']} held-out images)"
-          + ("" if m["complete"] else "; not complete yet (other shards still building)"))
+          + ("" if m["complete"] else "; not complete yet (other shards still building, or --only)"))
     return 0
 
 
@@ -241,6 +241,9 @@ def _add_zoo_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="train only every N-th model starting at I (0-based), to run N builds in parallel "
                         "into one --out shared by the processes; finish with one run without --shard (or use --ray, "
                         "which needs no shared folder)")
+    b.add_argument("--only", default=None, metavar="ID[,ID...]",
+                   help="train only these model ids of the spec (e.g. rebuild a few lost ones); the manifest lists "
+                        "every model on disk")
     _add_ray_args(b)
     b.set_defaults(func=_cmd_zoo_build)
     e = sub.add_parser("eval", help="recompute BA and ASR of every model in a zoo")

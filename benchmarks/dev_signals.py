@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from banscan.bench import auroc, bootstrap_ci
+from banscan.detectors.ban import load_class_prior
 
 # The schedule every candidate was scanned with unless it says otherwise: the paper's 30 steps at batch 128 and 5,000
 # decision images (BAN's defaults until the cheaper schedule below was chosen).
@@ -39,6 +40,9 @@ CANDIDATES = {
     "ban-fused-s5": _ban(statistic="fused", class_eps=0.5, n_class_eval=1000, class_batch=128, class_steps=5),
     "ban-fused-s5-mm5": _ban(statistic="fused", class_eps=0.5, n_class_eval=1000, class_batch=128, class_steps=5,
                              mm_images=5),
+    # BAN() as shipped since the cifar10-eval3 pre-registration: the noise-only share's per-class z-score against
+    # the shipped CIFAR-10 class prior (its own threshold 4.3); derived() adds the plain share and other forms
+    "ban-default": ("ban", {}),
     "ban-negmask": _ban(statistic="negmask", restarts=1),
     "ban-noise-r5": _ban(statistic="noise", restarts=5),
     # cheaper noise schedules for the 60 s target (benchmarks/results/cifar10-eval2/preregistration.md); the one
@@ -60,7 +64,8 @@ CANDIDATES = {
 CLEAN_LABEL = ("sig", "lc")
 # Verdict thresholds fixed with the candidates: -log10(0.05) for p-value scores, the paper's 0.9 for its share;
 # the noise-only share has none (ranking only).
-THRESHOLDS = {"ban-negmask": 0.9, "ban-noise-r5": None}
+THRESHOLDS = {"ban-negmask": 0.9, "ban-noise-r5": None, "ban-noise-r5-s10-b64-e2500": 0.16, "ban-default": 4.3,
+              "ban-default:share": 0.16}
 P_THRESHOLD = -math.log10(0.05)
 
 
@@ -102,7 +107,8 @@ def scan(zoo: str, out: Path, names: list[str], seed: int) -> None:
             else:
                 res = get_detector(method, seed=seed, **params).detect(model, data, device="cpu")
                 r = {"score": res.score, "target": res.target, "stats": res.stats, "timings": res.timings,
-                     "config": res.config}
+                     "config": res.config, "threshold": res.threshold, "threshold_source": res.threshold_source,
+                     "versions": res.versions}
             rec = {"model": card["id"], "candidate": name, "attack": card["attack"], "true_target": card["target"],
                    "arch": card["arch"], "BA": card["BA"], "ASR": card["ASR"], "wall_s": time.perf_counter() - t0,
                    "seed": seed, **r}
@@ -137,6 +143,13 @@ def derived(recs: list[dict]) -> list[dict]:
     from scipy import stats as st
 
     out = []
+    for r in recs:  # the default's per-class evidence under other forms (ban-default records with a class prior)
+        if r["candidate"] != "ban-default" or not r["stats"].get("class_prior"):
+            continue
+        mu = np.asarray(load_class_prior(r["stats"]["class_prior"]["name"])["mean"])
+        share = np.asarray(r["stats"]["hist_noise"], float) / r["stats"]["n_eval"]
+        for name, v in {"share": share, "share-mu": share - mu, "log(share/mu)": np.log(share / mu)}.items():
+            out.append({**r, "candidate": f"ban-default:{name}", "score": float(v.max()), "target": int(v.argmax())})
     by_model = {}
     for r in recs:
         by_model.setdefault(r["model"], {})[r["candidate"]] = r

@@ -304,6 +304,41 @@ def test_ban_noise_statistic_reports_the_noise_only_share(model, data) -> None:
     assert r.score == r.stats["share_noise"] and r.target == r.stats["target_noise"]
 
 
+def test_ban_class_prior_scores_the_largest_z(model, data, tmp_path) -> None:
+    import json
+
+    k = int(data.y.max()) + 1
+    prior = {"name": "mine", "mean": [0.2] * k, "sd": [0.05] * k, "sd_floor": 0.0, "threshold": 1.5,
+             "threshold_source": "my clean models"}
+    (tmp_path / "p.json").write_text(json.dumps(prior))
+    params = {**FAST, "statistic": "noise"}
+    plain = BAN(**params).detect(model, data)
+    r = BAN(**params, class_prior=str(tmp_path / "p.json")).detect(model, data)
+    z = [(h / FAST["n_eval"] - 0.2) / 0.05 for h in r.stats["hist_noise"]]
+    assert r.score == pytest.approx(max(z)) and r.target == z.index(max(z)) == plain.target
+    assert (r.threshold, r.threshold_source) == (1.5, "my clean models") and r.stats["class_prior"]["name"] == "mine"
+    assert plain.threshold == BAN.noise_threshold and "class_prior" not in plain.stats
+    (tmp_path / "bad.json").write_text(json.dumps({**prior, "sd": [0.05]}))
+    with pytest.raises(BanscanError, match="one value per class"):
+        BAN(**params, class_prior=str(tmp_path / "bad.json")).detect(model, data)
+    (tmp_path / "k.json").write_text(json.dumps({**prior, "mean": [0.1] * (k + 1), "sd": [0.1] * (k + 1)}))
+    with pytest.raises(BanscanError, match=f"{k + 1} classes, the model {k}"):
+        BAN(**params, class_prior=str(tmp_path / "k.json")).detect(model, data)
+    with pytest.raises(BanscanError, match="neither a JSON file nor a shipped prior"):
+        BAN(**params, class_prior="imagenet").detect(model, data)
+
+
+def test_ban_auto_prior_needs_cifar10_classes_and_its_schedule(caplog) -> None:
+    from banscan.detectors.ban import load_class_prior
+
+    cifar = tuple(load_class_prior("cifar10")["classes"])
+    assert len(cifar) == 10 and cifar[3] == "cat"
+    assert BAN()._prior(cifar, 10)["name"] == "cifar10"
+    assert BAN()._prior(None, 10) is None and BAN()._prior(tuple("abcdefghij"), 10) is None
+    assert BAN(class_prior=None)._prior(cifar, 10) is None and BAN(statistic="negmask")._prior(cifar, 10) is None
+    assert BAN(n_steps=30)._prior(cifar, 10) is None and "not used here" in caplog.text
+
+
 def test_ban_restarts_pool_disjoint_slices(model, data) -> None:
     r = BAN(**{**FAST, "statistic": "noise"}, restarts=3).detect(model, data)
     assert len(r.stats["restart_targets"]) == 3 and r.stats["n_eval"] == FAST["n_eval"]

@@ -140,6 +140,17 @@ def test_shards_build_one_zoo(tmp_path):
         build_zoo(spec, out, shard=(2, 2))
 
 
+def test_only_rebuilds_named_models(tmp_path):
+    spec = small_spec(models=[{"arch": "resnet18", "arch_kwargs": {"base_width": 4}, "seeds": [0, 1, 2]}])
+    out = tmp_path / "o"
+    m = build_zoo(spec, out, only=["clean-resnet18-w4-s1"])
+    assert [c["id"] for c in m["models"]] == ["clean-resnet18-w4-s1"] and not m["complete"]
+    m = build_zoo(spec, out, only=["clean-resnet18-w4-s2"])  # the manifest keeps what is already on disk
+    assert [c["id"] for c in m["models"]] == ["clean-resnet18-w4-s1", "clean-resnet18-w4-s2"]
+    with pytest.raises(BanscanError, match="clean-resnet18-w4-s9 not in the spec"):
+        build_zoo(spec, out, only=["clean-resnet18-w4-s9"])
+
+
 def test_resume_refuses_changed_recipe(tmp_path):
     build_zoo(small_spec(), tmp_path / "r")
     with pytest.raises(BanscanError, match="other settings"):

@@ -89,12 +89,15 @@ class DetectionResult:
 
 @dataclass
 class Evidence:
-    """What a detector's ``_detect`` returns: its score, target guess, statistics and tensors."""
+    """What a detector's ``_detect`` returns: its score, target guess, statistics and tensors; ``threshold``
+    (value, source) replaces :meth:`Detector.default_verdict_threshold` where the statistic's threshold depends on
+    the data (e.g. BAN's class prior, which exists for some data sets only)."""
 
     score: float
     target: int | None
     stats: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, torch.Tensor] = field(default_factory=dict)
+    threshold: tuple[float, str] | None = None
 
 
 def calibrate_threshold(clean_scores: list[float], fpr: float = 0.05) -> float:
@@ -181,7 +184,7 @@ class Detector(HyperParams, ABC):
         gen = torch.Generator().manual_seed(int(self.seed))
         ev = self._detect(net, opt, evl, timer, gen, dev)
         if self.threshold is None:
-            thr, source = self.default_verdict_threshold()
+            thr, source = ev.threshold or self.default_verdict_threshold()
         else:
             thr, source = float(self.threshold), "user"
         return DetectionResult(

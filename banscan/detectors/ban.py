@@ -34,8 +34,11 @@ Deliberate departures from the official code (``docs/ban-method.md`` section 6),
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +58,34 @@ _BN_MODES = ("recalibrate", "official", "frozen")
 _STATISTICS = ("fused", "negmask", "noise", "classwise")
 # The parameters the built-in noise threshold was fitted with (their defaults).
 _NOISE_SCHEDULE = ("eps", "n_steps", "project", "bn_mode", "n_opt", "n_eval", "batch_size", "restarts")
+_PRIORS = Path(__file__).resolve().parents[1] / "priors"
+
+
+def shipped_priors() -> list[str]:
+    """Names of the class priors shipped with banscan (``class_prior=<name>``)."""
+    return sorted(f.stem for f in _PRIORS.glob("*.json"))
+
+
+def load_class_prior(name_or_path: str | Path) -> dict[str, Any]:
+    """A class prior of the noise-only share: a shipped one by name or a JSON file (``banscan calibrate`` writes
+    one); checked for the fields BAN uses."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        if str(name_or_path) not in shipped_priors():
+            raise BanscanError(f"class_prior {str(name_or_path)!r} is neither a JSON file nor a shipped prior "
+                               f"({', '.join(shipped_priors())})")
+        p = _PRIORS / f"{name_or_path}.json"
+    try:
+        prior = json.loads(p.read_text())
+        mean, sd = [float(v) for v in prior["mean"]], [float(v) for v in prior["sd"]]
+        thr = float(prior["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BanscanError(f"{p}: not a class prior (a JSON object with lists 'mean' and 'sd', one value per class, "
+                           f"and a 'threshold' on their z scale): {type(e).__name__}: {e}") from None
+    if len(mean) != len(sd) or min(sd) < 0 or not math.isfinite(thr):
+        raise BanscanError(f"{p}: 'mean' and 'sd' need one value per class and sd >= 0; got {len(mean)} and {len(sd)}")
+    return {**prior, "mean": mean, "sd": sd, "threshold": thr, "name": prior.get("name", p.stem),
+            "sd_floor": float(prior.get("sd_floor", 1e-3)), "schedule": prior.get("schedule", {})}
 
 
 @register_detector("ban")
@@ -105,6 +136,13 @@ class BAN(Detector):
             than 0.3 on the dev zoo (``benchmarks/RESULTS.md``).
         n_class_eval: with ``statistic="classwise"`` or ``"fused"``, evaluation images on which each class's noise
             is judged (stratified; the images of the aimed class itself are left out).
+        class_prior: with ``statistic="noise"``, how easily clean models' noise reaches each class of this data set
+            (a shipped name, e.g. ``"cifar10"``, or a JSON file from ``banscan calibrate``): the score becomes the
+            largest per-class z-score ``(share_k - mean_k) / (sd_k + sd_floor)`` and the verdict uses the prior's
+            own threshold. ``"auto"`` (default) takes the shipped prior whose class names equal the data's, when the
+            schedule is the one it was fitted with; otherwise (and with ``None``) the score is the plain share.
+            Clean CIFAR-10 models' noise favours some classes (cat most), which is where the plain share's false
+            alarms came from (``benchmarks/RESULTS.md``).
         mm_images, mm_steps: with ``statistic="fused"``, MM-BD's starting images per class and ascent steps
             (MM-BD's own defaults are 30 and 300; 10 and 100 measured as good on the dev zoo at a third of the
             time).
@@ -156,7 +194,7 @@ class BAN(Detector):
                  batch_size: int = 64, split_layer: str | None = None, statistic: str = "noise",
                  amp: bool | None = None, restarts: int = 5, class_steps: int = 10,
                  n_class_eval: int = 1000, class_eps: float = 0.5, class_batch: int = 128, mm_images: int = 10,
-                 mm_steps: int = 100) -> None:
+                 mm_steps: int = 100, class_prior: str | None = "auto") -> None:
         self.eps = eps
         self.n_steps = n_steps
         self.project = project
@@ -180,6 +218,7 @@ class BAN(Detector):
         self.class_batch = class_batch
         self.mm_images = mm_images
         self.mm_steps = mm_steps
+        self.class_prior = class_prior
 
     def _validate(self) -> None:
         if self.bn_mode not in _BN_MODES:
@@ -330,6 +369,26 @@ class BAN(Detector):
         return Evidence(score=-math.log10(max(p, 1e-300)), target=cw.target if p_cw <= p_mm else mm.target,
                         stats=stats)
 
+    def _prior(self, classes: tuple[str, ...] | None, k: int) -> dict[str, Any] | None:
+        """The class prior this scan uses, or None (see ``class_prior``)."""
+        if self.statistic != "noise" or self.class_prior is None:
+            return None
+        if self.class_prior == "auto":
+            fits = [p for p in map(load_class_prior, shipped_priors()) if classes and list(classes) == p.get("classes")]
+            same = [p for p in fits if all(getattr(self, q) == v for q, v in p["schedule"].items())]
+            if fits and not same:
+                log.warning("the shipped class prior %r was fitted with the default schedule, not used here: the "
+                            "score is the plain share", fits[0]["name"])
+            return same[0] if same else None
+        prior = load_class_prior(self.class_prior)
+        if len(prior["mean"]) != k:
+            raise BanscanError(f"class prior {prior['name']!r} has {len(prior['mean'])} classes, the model {k}")
+        changed = [f"{q}={getattr(self, q)!r}" for q, v in prior["schedule"].items() if getattr(self, q) != v]
+        if changed:
+            log.warning("class prior %r was fitted with another schedule (%s here): its z-scores and threshold shift",
+                        prior["name"], ", ".join(changed))
+        return prior
+
     # ---------------------------------------------------------------- main
     def _detect(self, net: SplitModel, opt: ImageData, evl: ImageData, timer: PhaseTimer,
                 gen: torch.Generator, device: torch.device) -> Evidence:
@@ -339,7 +398,8 @@ class BAN(Detector):
         if self.statistic == "fused":
             return self._detect_fused(net, opt, evl, timer, gen, device)
         k = net.num_classes
-        if self.statistic == "noise" and self.threshold is None:
+        prior = self._prior(opt.classes, k)
+        if self.statistic == "noise" and self.threshold is None and prior is None:
             if k != 10:
                 log.warning("the built-in threshold %.2f of the noise-only share was fitted on 10-class models; this "
                             "model has %d classes: fit one on clean models of your own with `banscan calibrate`",
@@ -411,6 +471,12 @@ class BAN(Detector):
             "n_noise_params": noise.n_params, "n_eval": n, "amp": amp_enabled(self.amp, device),
         }
         if self.statistic == "noise":
-            return Evidence(score=stats["share_noise"], target=stats["target_noise"], stats=stats,
-                            artifacts={"mask": mask.cpu()})
+            if prior is None:
+                return Evidence(score=stats["share_noise"], target=stats["target_noise"], stats=stats,
+                                artifacts={"mask": mask.cpu()})
+            share = h_noise.float() / n
+            z = (share - torch.tensor(prior["mean"])) / (torch.tensor(prior["sd"]) + prior["sd_floor"])
+            stats["class_prior"] = {"name": prior["name"], "z": z.tolist()}
+            return Evidence(score=float(z.max()), target=int(z.argmax()), stats=stats, artifacts={"mask": mask.cpu()},
+                            threshold=(prior["threshold"], prior.get("threshold_source", f"prior {prior['name']}")))
         return Evidence(score=float(h_neg.max()) / n, target=target, stats=stats, artifacts={"mask": mask.cpu()})

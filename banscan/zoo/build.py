@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,8 @@ def _prepare(spec: Mapping[str, Any], out: Path) -> tuple[ImageData, ImageData, 
 def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLike,
               device: str | torch.device | None = None, retry_failed: bool = False,
               on_model: Callable[[int, int, dict[str, Any], bool], None] | None = None,
-              shard: tuple[int, int] | None = None, ray: Any = None) -> dict[str, Any]:
+              shard: tuple[int, int] | None = None, ray: Any = None,
+              only: Sequence[str] | None = None) -> dict[str, Any]:
     """Build (or resume building) the zoo a spec describes into ``out``; returns the manifest.
 
     Args:
@@ -161,9 +162,17 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
             whatever is still missing). ``ray`` does the same without a shared folder.
         ray: a :class:`banscan.distributed.RayConfig`: every model to train is one Ray task
             (:func:`train_entry`); the tasks return weights and cards and this process writes them.
+        only: model ids: train only these (e.g. to rebuild a few models of a zoo whose weights were lost, or a
+            subset for a costly benchmark); the others are not trained, and the manifest lists whichever models
+            are on disk.
     """
     spec = load_spec(spec)
     plan = _plan(spec)
+    if only is not None:
+        unknown = sorted(set(only) - {e["id"] for e in plan})
+        if unknown:
+            raise BanscanError(f"only: {', '.join(unknown)} not in the spec's models (its ids: "
+                               f"{', '.join(e['id'] for e in plan[:6])}{', ...' if len(plan) > 6 else ''})")
     if shard is not None:
         k, n_shards = shard
         if not (isinstance(k, int) and isinstance(n_shards, int) and 0 <= k < n_shards):
@@ -186,7 +195,7 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
         if card is not None:
             if on_model is not None:
                 on_model(i, n, card, True)
-        elif shard is None or (i - 1) % shard[1] == shard[0]:
+        elif (shard is None or (i - 1) % shard[1] == shard[0]) and (only is None or entry["id"] in only):
             todo.append((i, entry))
     if ray is not None:
         _build_on_ray(todo, train, test, info, out, device, ray, lambda: {**manifest, "models": finished()},

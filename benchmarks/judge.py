@@ -1,21 +1,22 @@
-"""The blind judgement of BAN's default on cifar10-eval2 (issue 13), as pre-registered in
-``benchmarks/results/cifar10-eval2/preregistration.md``.
+"""Blind judgements of BAN's default (issue 13), each as pre-registered in
+``benchmarks/results/<zoo>/preregistration.md``: cifar10-eval2 (the default frozen at 1c098a7) and cifar10-eval3
+(the default with the CIFAR-10 class prior, frozen at the commit named in ``JUDGES``).
 
-The zoo takes about 15 CPU-hours to build and ``runs/`` has twice been lost between sessions, so every model is
-judged as soon as it is built and its card and signal are committed; only the weights are ever lost. The detector
-is the frozen one: ``benchmarks/dev_signals.py`` and banscan of commit 1c098a7 (a worktree, ``runs/src-judge``),
-candidate ``ban-noise-r5-s10-b64-e2500`` (= that commit's ``BAN()``), seed 0, one thread. Metrics are computed
-once, when every model of the spec has a card (failed gates included) and every gated model a signal.
+A zoo takes about 15 CPU-hours to build (more on a CPU without bf16) and ``runs/`` is often lost between sessions,
+so every model is judged as soon as it is built and its card and signal are committed; only the weights are ever
+lost. The detector is the frozen one: ``benchmarks/dev_signals.py`` and banscan of the frozen commit (a worktree
+under ``runs/``), one candidate, seed 0, one thread. Metrics are computed once, when every model of the spec has
+a card (failed gates included) and every gated model a signal.
 
-    python benchmarks/judge_cifar10_eval2.py build [--shard K/N]  # build (commit af1c253) what has no card yet
-    python benchmarks/judge_cifar10_eval2.py scan [--watch]       # judge built models not judged yet; record cards
-    python benchmarks/judge_cifar10_eval2.py summary              # the metrics (threshold 0.16), once all are in
+    python benchmarks/judge.py ZOO build [--shard K/N]  # build (the zoo's build commit) what has no card yet
+    python benchmarks/judge.py ZOO scan [--watch]       # judge built models not judged yet; record their cards
+    python benchmarks/judge.py ZOO summary              # the metrics, once all are in
 
 On this 2-core machine (resumable; after a loss of runs/ only what has no card is built again):
     for k in 0 1; do
-        nohup python benchmarks/judge_cifar10_eval2.py build --shard $k/2 > runs/build-eval2/shard$k.log 2>&1 &
+        nohup python benchmarks/judge.py cifar10-eval3 build --shard $k/2 > runs/build-eval3/shard$k.log 2>&1 &
     done
-    nohup python benchmarks/judge_cifar10_eval2.py scan --watch > runs/build-eval2/judge.log 2>&1 &
+    nohup python benchmarks/judge.py cifar10-eval3 scan --watch > runs/build-eval3/judge.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -30,15 +31,30 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks/results/cifar10-eval2"
-SIGNALS, CARDS = OUT / "signals.jsonl", OUT / "cards.json"
-FROZEN, FROZEN_SRC = "1c098a7", ROOT / "runs/src-judge"  # the default's commit; the zoo's build commit is af1c253
-BUILD, BUILD_SRC = "af1c253", ROOT / "runs/src-build2"
-CANDIDATE, THRESHOLD = "ban-noise-r5-s10-b64-e2500", 0.16
-ZOO = ROOT / "runs/zoo-eval2"
+# frozen: the detector's commit; build: the zoo's; bf16: force bf16 autocast in the scan (cifar10-eval2's first 51
+# models were scanned on a CPU with native bf16, see its addendum of 2026-12-06); the threshold is the candidate's.
+JUDGES = {
+    "cifar10-eval2": {"frozen": "1c098a7", "build": "af1c253", "candidate": "ban-noise-r5-s10-b64-e2500",
+                      "threshold": 0.16, "bf16": True},
+    "cifar10-eval3": {"frozen": "FROZEN3", "build": "BUILD3", "candidate": "ban-default", "threshold": 4.3,
+                      "bf16": False},
+}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "BANSCAN_DATA_DIR": os.environ.get("BANSCAN_DATA_DIR", str(ROOT.parent / "shared/data"))}
-FROZEN_ENV = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
+NAME = OUT = SIGNALS = CARDS = FROZEN_SRC = BUILD_SRC = ZOO = None
+J: dict = {}
+FROZEN_ENV: dict = {}
+
+
+def _select(name: str) -> None:
+    """Point the module's paths at one zoo's judgement."""
+    global NAME, OUT, SIGNALS, CARDS, FROZEN_SRC, BUILD_SRC, ZOO, J, FROZEN_ENV
+    NAME, J = name, JUDGES[name]
+    OUT = ROOT / "benchmarks/results" / name
+    SIGNALS, CARDS = OUT / "signals.jsonl", OUT / "cards.json"
+    FROZEN_SRC, BUILD_SRC = ROOT / f"runs/src-judge-{name}", ROOT / f"runs/src-build-{name}"
+    ZOO = ROOT / f"runs/zoo-{name.removeprefix('cifar10-')}"
+    FROZEN_ENV = {**ENV, "PYTHONPATH": str(FROZEN_SRC)}
 
 
 def _worktree(path: Path, commit: str) -> None:
@@ -47,7 +63,7 @@ def _worktree(path: Path, commit: str) -> None:
 
 
 def _spec() -> dict:
-    return tomllib.loads((BUILD_SRC / "banscan/specs/cifar10-eval2.toml").read_text())
+    return tomllib.loads((BUILD_SRC / f"banscan/specs/{NAME}.toml").read_text())
 
 
 def _plan_ids(groups: list[dict]) -> list[list[str]]:
@@ -74,16 +90,15 @@ def scan() -> int:
     if not (ZOO / "manifest.json").is_file():
         print(f"no models built yet in {ZOO}")
         return 0
-    _worktree(FROZEN_SRC, FROZEN)
-    # The frozen detector's amp=None means bf16 autocast on CPUs with native bf16, which the machine that judged
-    # the first 51 models had (their records say amp: true); on one without it (AVX2 only) it would switch to fp32,
-    # so the judge turns bf16 autocast on, as recorded, whatever the CPU.
+    _worktree(FROZEN_SRC, J["frozen"])
+    # amp=None means bf16 autocast on CPUs with native bf16 only; where J["bf16"] the judge turns it on whatever the
+    # CPU, as the zoo's first records had it.
     code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import dev_signals; "
-            "import banscan.train; banscan.train.cpu_has_bf16 = lambda: True; "
+            "import banscan.train; " + ("banscan.train.cpu_has_bf16 = lambda: True; " if J["bf16"] else "") +
             "dev_signals.scan(sys.argv[2], Path(sys.argv[3]), [sys.argv[4]], 0)")
     # cwd: `python -c` puts its working directory first on sys.path, ahead of PYTHONPATH
-    subprocess.run([sys.executable, "-c", code, str(FROZEN_SRC / "benchmarks"), str(ZOO), str(SIGNALS), CANDIDATE],
-                   cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
+    subprocess.run([sys.executable, "-c", code, str(FROZEN_SRC / "benchmarks"), str(ZOO), str(SIGNALS),
+                    J["candidate"]], cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
     manifest = json.loads((ZOO / "manifest.json").read_text())
     judged, cards = _judged(), _cards()
     new = {c["id"]: c for c in manifest["models"] if c["id"] not in cards
@@ -96,16 +111,16 @@ def scan() -> int:
 
 
 def build(shard: str | None) -> None:
-    """Build, with the zoo's build commit, the models of cifar10-eval2 that have no card here yet."""
-    _worktree(BUILD_SRC, BUILD)
+    """Build, with the zoo's build commit, the models of the zoo that have no card here yet."""
+    _worktree(BUILD_SRC, J["build"])
     spec, done = _spec(), set(_cards())
     groups = []
     for g, ids in zip(spec["models"], _plan_ids(spec["models"])):
-        assert len(ids) == len(g.get("seeds", [0])), "cifar10-eval2 groups have one target and one rate"
+        assert len(ids) == len(g.get("seeds", [0])), "the zoo's groups have one target and one rate"
         seeds = [s for s, i in zip(g.get("seeds", [0]), ids) if i not in done]
         if seeds:
             groups.append({**g, "seeds": seeds})
-    print(f"{sum(len(g['seeds']) for g in groups)} models of cifar10-eval2 have no card yet", flush=True)
+    print(f"{sum(len(g['seeds']) for g in groups)} models of {NAME} have no card yet", flush=True)
     if not groups:
         return
     k, n = (int(x) for x in shard.split("/")) if shard else (None, None)
@@ -124,10 +139,12 @@ def summary() -> None:
     if missing:
         raise SystemExit(f"{len(missing)} of {len(ids)} models are not judged yet (e.g. {missing[:3]}): the metrics "
                          "are computed once, on the whole zoo")
-    _worktree(FROZEN_SRC, FROZEN)
+    _worktree(FROZEN_SRC, J["frozen"])
     subprocess.run([sys.executable, str(FROZEN_SRC / "benchmarks/dev_signals.py"), "--zoo", str(ZOO),
-                    "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{CANDIDATE}={THRESHOLD}",
+                    "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{J['candidate']}={J['threshold']}",
                     "--summary", str(OUT / "summary.json")], env=FROZEN_ENV, check=True)
+    if NAME != "cifar10-eval2":
+        return
     # The frozen analysis finds the training-length probe by "-e30-" in the model id, but cifar10-eval2's probe
     # models are named cifar10-eval2-s400..s405 (its spec's generator rewrote their names): split by the cards'
     # epochs instead, with the same frozen summarize().
@@ -138,16 +155,18 @@ def summary() -> None:
             "s = json.load(open(a['summary'])); s['probe_by_epochs'] = {'long_ids': a['long'], 'long': f(True), "
             "'short': f(False)}; json.dump(s, open(a['summary'], 'w'), indent=1); "
             "print('probe (30 epochs):', json.dumps(s['probe_by_epochs']['long']))")
-    arg = {"signals": str(SIGNALS), "summary": str(OUT / "summary.json"), "thr": THRESHOLD, "long": long}
+    arg = {"signals": str(SIGNALS), "summary": str(OUT / "summary.json"), "thr": J["threshold"], "long": long}
     subprocess.run([sys.executable, "-c", code, json.dumps(arg)], cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("zoo", choices=list(JUDGES))
     ap.add_argument("step", choices=["build", "scan", "summary"])
     ap.add_argument("--shard", metavar="K/N", help="build: only every N-th model from K, for N parallel processes")
     ap.add_argument("--watch", action="store_true", help="scan: repeat every 5 minutes while a zoo build runs")
     args = ap.parse_args()
+    _select(args.zoo)
     if args.step == "scan":
         scan()
         building = ["pgrep", "-f", "zoo build|build_zoo"]
