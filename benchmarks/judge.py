@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 JUDGES = {
     "cifar10-eval2": {"frozen": "1c098a7", "build": "af1c253", "candidate": "ban-noise-r5-s10-b64-e2500",
                       "threshold": 0.16, "bf16": True},
-    "cifar10-eval3": {"frozen": "FROZEN3", "build": "BUILD3", "candidate": "ban-default", "threshold": 4.3,
+    "cifar10-eval3": {"frozen": "43753a3", "build": "43753a3", "candidate": "ban-default", "threshold": 4.3,
                       "bf16": False},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
