@@ -12,6 +12,7 @@ from ._utils import BanscanError, versions
 from .checkpoints import load_weights
 from .data import load_data
 from .detectors import Detector, calibrate_threshold
+from .detectors.ban import fit_class_prior
 from .models import create_model, parse_kwargs
 
 __all__ = ["calibrate_from_folder"]
@@ -26,7 +27,9 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, de
     """Scan every weight file in ``models`` (all known clean) and return the calibration record.
 
     The threshold is the smallest value that flags at most ``fpr`` of these clean models
-    (:func:`banscan.detectors.calibrate_threshold`); the record lists every score it came from.
+    (:func:`banscan.detectors.calibrate_threshold`); the record lists every score it came from. For BAN's
+    noise statistic with at least 3 models, ``record["class_prior"]`` is a class prior fitted on the same scans
+    (:func:`banscan.detectors.ban.fit_class_prior`; ``banscan calibrate --prior-out``).
     """
     folder = Path(models)
     if not folder.is_dir():
@@ -38,12 +41,18 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, de
     clean = load_data(data, split=data_split, **kw)
     det = detector
     scores: dict[str, float] = {}
+    hists = []
     t0 = time.perf_counter()
     for f in files:
         model = create_model(arch, num_classes, **parse_kwargs(arch_kwargs))
         load_weights(model, f)
-        scores[f.name] = det.detect(model, clean, device=device).score
+        r = det.detect(model, clean, device=device)
+        scores[f.name] = r.score
+        if "hist_noise" in r.stats and getattr(det, "statistic", None) == "noise":
+            hists.append(r.stats["hist_noise"])
+    prior = fit_class_prior(hists, fpr, det, clean.classes) if len(hists) >= 3 else None
     return {
+        "class_prior": prior,
         "method": det.name,
         "threshold": calibrate_threshold(list(scores.values()), fpr),
         "fpr": fpr,

@@ -163,6 +163,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(cal, indent=2, sort_keys=True))
     print(f"threshold {cal['threshold']:.4f} for FPR <= {args.fpr} from {cal['n_models']} clean models "
           f"-> {args.out}")
+    if args.prior_out:
+        if cal["class_prior"] is None:
+            raise BanscanError("--prior-out needs BAN's noise statistic and at least 3 clean models")
+        Path(args.prior_out).write_text(json.dumps(cal["class_prior"], indent=1))
+        print(f"class prior (z threshold {cal['class_prior']['threshold']:.3f}) -> {args.prior_out}; use it with "
+              f"`banscan detect --param class_prior={args.prior_out}`")
     return 0
 
 
@@ -513,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="threshold.json")
+    p.add_argument("--prior-out", default=None,
+                   help="also write a class prior fitted on these clean models (BAN's noise statistic, >= 3 models), "
+                        "for data without a shipped prior")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("demo", help="train a small backdoored and a small clean model, scan both (no downloads)")

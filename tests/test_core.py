@@ -438,6 +438,28 @@ def test_cli_calibrate_then_detect_with_threshold_file(tmp_path, model, data) ->
     assert main(["calibrate", "--models", str(tmp_path / "nothing"), "--out", str(cal_file)] + common) == 2
 
 
+def test_cli_calibrate_fits_a_class_prior_that_detect_uses(tmp_path, data) -> None:
+    folder = tmp_path / "clean_models"
+    for seed in range(3):
+        torch.manual_seed(seed)
+        save_weights(create_model("resnet18", 4, base_width=4).eval(), folder / f"m{seed}.safetensors")
+    np.savez(tmp_path / "clean.npz", x=data.x.permute(0, 2, 3, 1).numpy(), y=data.y.numpy())
+    common = ["--arch", "resnet18", "--arch-kwargs", "base_width=4", "--num-classes", "4",
+              "--data", str(tmp_path / "clean.npz"), "--param", "n_opt=48", "--param", "n_eval=96",
+              "--param", "n_steps=2", "--param", "restarts=2", "--param", "mask_steps=2"]
+    prior_file = tmp_path / "prior.json"
+    assert main(["calibrate", "--models", str(folder), "--fpr", "0", "--out", str(tmp_path / "thr.json"),
+                 "--prior-out", str(prior_file)] + common) == 0
+    prior = json.loads(prior_file.read_text())
+    assert prior["n_models"] == 3 and len(prior["mean"]) == 4 and prior["threshold"] > max(prior["loo_z"])
+    assert prior["schedule"]["restarts"] == 2
+    assert main(["detect", "--weights", str(folder / "m0.safetensors"), "--param", f"class_prior={prior_file}",
+                 "--json", str(tmp_path / "r.json")] + common) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["threshold"] == prior["threshold"] and "class prior 'calibrated'" in r["threshold_source"]
+    assert r["stats"]["class_prior"]["name"] == "calibrated"
+
+
 def test_evaluation_restores_every_submodules_mode(model, data) -> None:
     """A train-mode wrapper around an eval-mode network: predicting must not switch the inner one to train."""
     from banscan.train import predict

@@ -88,6 +88,30 @@ def load_class_prior(name_or_path: str | Path) -> dict[str, Any]:
             "sd_floor": float(prior.get("sd_floor", 1e-3)), "schedule": prior.get("schedule", {})}
 
 
+def fit_class_prior(hists: list[list[int]], fpr: float, det: BAN, classes: tuple[str, ...] | None = None,
+                    name: str = "calibrated", sd_floor: float = 1e-3) -> dict[str, Any]:
+    """A class prior (see ``BAN(class_prior=...)``) from the noisy class histograms ``stats["hist_noise"]`` of
+    known-clean models: per-class mean and spread of the shares, and the z threshold for ``fpr``, fitted on each
+    model's z against the other models (leave one out), so that it is not fitted on the models it scores."""
+    from ._base import calibrate_threshold
+
+    h = torch.tensor(hists, dtype=torch.float64)
+    if h.dim() != 2 or len(h) < 3:
+        raise BanscanError(f"a class prior needs the noisy histograms of at least 3 clean models, got {len(h)}")
+    s = h / h.sum(1, keepdim=True)
+    loo = []
+    for i in range(len(s)):
+        rest = torch.cat([s[:i], s[i + 1:]])
+        loo.append(float(((s[i] - rest.mean(0)) / (rest.std(0, unbiased=False) + sd_floor)).max()))
+    thr = calibrate_threshold(loo, fpr)
+    return {"name": name, "classes": list(classes) if classes else None, "statistic": "noise",
+            "schedule": {q: getattr(det, q) for q in _NOISE_SCHEDULE}, "mean": s.mean(0).tolist(),
+            "sd": s.std(0, unbiased=False).tolist(), "sd_floor": sd_floor, "threshold": thr,
+            "threshold_source": f"{thr:.3f}: class prior {name!r} from {len(s)} clean models (leave-one-out z, "
+                                f"FPR <= {fpr})",
+            "n_models": len(s), "loo_z": loo}
+
+
 @register_detector("ban")
 class BAN(Detector):
     """Backdoor detection with adversarial neuron noise and a feature-space mask.
