@@ -12,6 +12,7 @@
 #     MODELS=clean-resnet18-w16-s300,clean-resnet18-w16-s301,badnets-resnet18-w16-s310,blend-resnet18-w16-s313 \
 #     nohup bash benchmarks/baseline_budgets.sh > runs/baseline-budgets-eval2.log 2>&1 &
 #   DEVICE=cuda bash benchmarks/baseline_budgets.sh     (on a GPU: minutes per model instead of an hour)
+#   DEVICE=cuda SETTINGS="100pct nc" OUT=$OUT/budgets bash benchmarks/baseline_budgets.sh   (what the CPU lacks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZOO="${ZOO:-runs/zoo-eval}"
@@ -20,7 +21,12 @@ MODELS="${MODELS:-clean-resnet18-w16-s0,clean-resnet18-w16-s1,badnets-resnet18-w
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python -m banscan zoo build "${SPEC:-cifar10-eval}" --out "$ZOO" --only "$MODELS" --device "${DEVICE:-cpu}"
 run() { python -m banscan bench --zoo "$ZOO" --models "$MODELS" --seed 0 --device "${DEVICE:-cpu}" --no-report "$@"; }
-run --methods btidbf --param btidbf.budget=0.01 --param btidbf.batches_per_epoch=7 --out "$OUT/btidbf-1pct"
-run --methods btidbf --param btidbf.budget=0.1 --out "$OUT/btidbf-10pct"
-run --methods btidbf --out "$OUT/btidbf-100pct"
-run --methods nc --out "$OUT/nc-backdoorbench"
+for setting in ${SETTINGS:-1pct 10pct 100pct nc}; do  # e.g. SETTINGS="100pct nc" on a short GPU lease
+  case "$setting" in
+    1pct) run --methods btidbf --param btidbf.budget=0.01 --param btidbf.batches_per_epoch=7 --out "$OUT/btidbf-1pct" ;;
+    10pct) run --methods btidbf --param btidbf.budget=0.1 --out "$OUT/btidbf-10pct" ;;
+    100pct) run --methods btidbf --out "$OUT/btidbf-100pct" ;;
+    nc) run --methods nc --out "$OUT/nc-backdoorbench" ;;
+    *) echo "unknown setting $setting (1pct 10pct 100pct nc)" >&2; exit 2 ;;
+  esac
+done

@@ -8,8 +8,10 @@ target label. A feature-space mask, fitted without noise, separates benign featu
 rest; the paper's decision pass runs the noisy network on the negative mask ``(1 - m) * h(x)`` (``statistic=
 "negmask"``, ``preset "paper"``); banscan's default judges the noisy network without the mask (``"noise"``,
 5 restarts of 10 steps at batch 64, 2,500 decision images), which ranked backdoored above clean models best on
-every zoo measured (``benchmarks/RESULTS.md``). The score
-is the share of evaluation images predicted as the most frequent class; its argmax is the suspected target.
+every zoo measured (``benchmarks/RESULTS.md``). The score is the share of evaluation images predicted as the
+most frequent class, its argmax the suspected target; on data with a class prior (CIFAR-10 ships one; ``banscan
+calibrate --prior-out`` fits one) each class's share is first standardised by how far clean models' noise reaches
+that class, and the score is the largest z-score (``class_prior``).
 
 Deliberate departures from the official code (``docs/ban-method.md`` section 6), each switchable:
 
