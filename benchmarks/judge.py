@@ -111,23 +111,20 @@ def scan() -> int:
 
 
 def build(shard: str | None) -> None:
-    """Build, with the zoo's build commit, the models of the zoo that have no card here yet."""
+    """Build, with the zoo's build commit, the models of the zoo that have no card here yet; ``shard`` K/N takes
+    every N-th of the spec's models from K (positions in the whole spec, so that shards started at different times
+    never build the same model)."""
     _worktree(BUILD_SRC, J["build"])
     spec, done = _spec(), set(_cards())
-    groups = []
-    for g, ids in zip(spec["models"], _plan_ids(spec["models"])):
-        assert len(ids) == len(g.get("seeds", [0])), "the zoo's groups have one target and one rate"
-        seeds = [s for s, i in zip(g.get("seeds", [0]), ids) if i not in done]
-        if seeds:
-            groups.append({**g, "seeds": seeds})
-    print(f"{sum(len(g['seeds']) for g in groups)} models of {NAME} have no card yet", flush=True)
-    if not groups:
+    k, n = (int(x) for x in shard.split("/")) if shard else (0, 1)
+    ids = [i for group in _plan_ids(spec["models"]) for i in group]
+    todo = [i for pos, i in enumerate(ids) if i not in done and pos % n == k]
+    print(f"{len(todo)} models of {NAME} in shard {k}/{n} have no card yet", flush=True)
+    if not todo:
         return
-    k, n = (int(x) for x in shard.split("/")) if shard else (None, None)
     code = ("import json, logging, sys; from banscan.zoo import build_zoo; logging.basicConfig(level=logging.INFO); "
-            "a = json.loads(sys.argv[1]); build_zoo(a['spec'], a['out'], device='cpu', "
-            "shard=None if a['k'] is None else (a['k'], a['n']))")
-    arg = json.dumps({"spec": {**spec, "models": groups}, "out": str(ZOO), "k": k, "n": n})
+            "a = json.loads(sys.argv[1]); build_zoo(a['spec'], a['out'], device='cpu', only=a['only'])")
+    arg = json.dumps({"spec": spec, "out": str(ZOO), "only": todo})
     env = {**ENV, "PYTHONPATH": str(BUILD_SRC)}
     subprocess.run([sys.executable, "-c", code, arg], cwd=BUILD_SRC, env=env, check=True)
 
