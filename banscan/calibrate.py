@@ -23,13 +23,15 @@ _WEIGHT_EXT = {".safetensors", ".pt", ".pth", ".bin", ".ckpt"}
 def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, detector: Detector, *,
                           fpr: float = 0.05, device: str | None = None, arch: str = "resnet18",
                           arch_kwargs: str = "", num_classes: int = 10, mean: Sequence[float] | None = None,
-                          std: Sequence[float] | None = None, data_split: str = "test") -> dict[str, Any]:
+                          std: Sequence[float] | None = None, data_split: str = "test",
+                          need_prior: bool = False) -> dict[str, Any]:
     """Scan every weight file in ``models`` (all known clean) and return the calibration record.
 
     The threshold is the smallest value that flags at most ``fpr`` of these clean models
     (:func:`banscan.detectors.calibrate_threshold`); the record lists every score it came from. For BAN's
     noise statistic with at least 3 models, ``record["class_prior"]`` is a class prior fitted on the same scans
-    (:func:`banscan.detectors.ban.fit_class_prior`; ``banscan calibrate --prior-out``).
+    (:func:`banscan.detectors.ban.fit_class_prior`; ``banscan calibrate --prior-out``); ``need_prior`` refuses,
+    before any scan, a folder or detector that cannot give one.
     """
     folder = Path(models)
     if not folder.is_dir():
@@ -37,6 +39,10 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, de
     files = sorted(f for f in folder.iterdir() if f.suffix in _WEIGHT_EXT)
     if not files:
         raise BanscanError(f"{folder} holds no weight files ({', '.join(sorted(_WEIGHT_EXT))})")
+    fits_prior = getattr(detector, "statistic", None) == "noise"
+    if need_prior and (not fits_prior or len(files) < 3):
+        raise BanscanError(f"a class prior needs BAN's noise statistic and at least 3 clean models; got "
+                           f"--method {detector.name} and {len(files)} weight files in {folder}")
     kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     clean = load_data(data, split=data_split, **kw)
     det = detector
@@ -48,7 +54,7 @@ def calibrate_from_folder(models: str | os.PathLike, data: str | os.PathLike, de
         load_weights(model, f)
         r = det.detect(model, clean, device=device)
         scores[f.name] = r.score
-        if "hist_noise" in r.stats and getattr(det, "statistic", None) == "noise":
+        if fits_prior and "hist_noise" in r.stats:
             hists.append(r.stats["hist_noise"])
     prior = fit_class_prior(hists, fpr, det, clean.classes) if len(hists) >= 3 else None
     return {

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from banscan.bench import auroc
+from banscan.detectors.ban import _NOISE_SCHEDULE as SCHEDULE
 from banscan.jsonl import read_jsonl
 from dev_signals import CLEAN_LABEL
 
@@ -33,7 +34,6 @@ R = Path(__file__).resolve().parent / "results"
 CANDIDATE = "ban-noise-r5-s10-b64-e2500"
 SD_FLOOR = 1e-3
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SCHEDULE = ("eps", "n_steps", "project", "bn_mode", "n_opt", "n_eval", "batch_size", "restarts")  # BAN's
 ZOOS = {"cifar10-dev": R / "cifar10-dev/signals-schedule.jsonl",
         "cifar10-eval": R / "cifar10-eval/signals-schedule.jsonl",
         "cifar10-eval2": R / "cifar10-eval2/signals.jsonl"}

@@ -458,6 +458,9 @@ def test_cli_calibrate_fits_a_class_prior_that_detect_uses(tmp_path, data) -> No
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["threshold"] == prior["threshold"] and "class prior 'calibrated'" in r["threshold_source"]
     assert r["stats"]["class_prior"]["name"] == "calibrated"
+    assert main(["calibrate", "--models", str(folder), "--out", str(tmp_path / "t2.json"), "--prior-out",
+                 str(tmp_path / "p2.json"), "--param", "statistic=negmask"] + common) == 2  # refused before any scan
+    assert not (tmp_path / "t2.json").exists()
 
 
 def test_evaluation_restores_every_submodules_mode(model, data) -> None:

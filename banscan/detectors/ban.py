@@ -86,8 +86,10 @@ def load_class_prior(name_or_path: str | Path) -> dict[str, Any]:
                            f"and a 'threshold' on their z scale): {type(e).__name__}: {e}") from None
     if len(mean) != len(sd) or min(sd) < 0 or not math.isfinite(thr):
         raise BanscanError(f"{p}: 'mean' and 'sd' need one value per class and sd >= 0; got {len(mean)} and {len(sd)}")
-    return {**prior, "mean": mean, "sd": sd, "threshold": thr, "name": prior.get("name", p.stem),
-            "sd_floor": float(prior.get("sd_floor", 1e-3)), "schedule": prior.get("schedule", {})}
+    name = prior.get("name", p.stem)
+    return {**prior, "mean": mean, "sd": sd, "threshold": thr, "name": name,
+            "sd_floor": float(prior.get("sd_floor", 1e-3)), "schedule": prior.get("schedule", {}),
+            "threshold_source": prior.get("threshold_source", f"class prior {name!r}")}
 
 
 def fit_class_prior(hists: list[list[int]], fpr: float, det: BAN, classes: tuple[str, ...] | None = None,
@@ -395,13 +397,17 @@ class BAN(Detector):
         return Evidence(score=-math.log10(max(p, 1e-300)), target=cw.target if p_cw <= p_mm else mm.target,
                         stats=stats)
 
+    def _schedule_changes(self, schedule: dict[str, Any]) -> list[str]:
+        """``name=value`` of each noise-schedule parameter that differs from ``schedule``."""
+        return [f"{q}={getattr(self, q)!r}" for q, v in schedule.items() if getattr(self, q) != v]
+
     def _prior(self, classes: tuple[str, ...] | None, k: int) -> dict[str, Any] | None:
         """The class prior this scan uses, or None (see ``class_prior``)."""
         if self.statistic != "noise" or self.class_prior is None:
             return None
         if self.class_prior == "auto":
             fits = [p for p in map(load_class_prior, shipped_priors()) if classes and list(classes) == p.get("classes")]
-            same = [p for p in fits if all(getattr(self, q) == v for q, v in p["schedule"].items())]
+            same = [p for p in fits if not self._schedule_changes(p["schedule"])]
             if fits and not same:
                 log.warning("the shipped class prior %r was fitted with the default schedule, not used here: the "
                             "score is the plain share", fits[0]["name"])
@@ -409,7 +415,7 @@ class BAN(Detector):
         prior = load_class_prior(self.class_prior)
         if len(prior["mean"]) != k:
             raise BanscanError(f"class prior {prior['name']!r} has {len(prior['mean'])} classes, the model {k}")
-        changed = [f"{q}={getattr(self, q)!r}" for q, v in prior["schedule"].items() if getattr(self, q) != v]
+        changed = self._schedule_changes(prior["schedule"])
         if changed:
             log.warning("class prior %r was fitted with another schedule (%s here): its z-scores and threshold shift",
                         prior["name"], ", ".join(changed))
@@ -431,7 +437,7 @@ class BAN(Detector):
                             "model has %d classes: fit one on clean models of your own with `banscan calibrate`",
                             self.noise_threshold, k)
             defaults = inspect.signature(type(self).__init__).parameters
-            changed = [f"{p}={getattr(self, p)!r}" for p in _NOISE_SCHEDULE if getattr(self, p) != defaults[p].default]
+            changed = self._schedule_changes({q: defaults[q].default for q in _NOISE_SCHEDULE})
             if changed:
                 log.warning("the built-in threshold %.2f of the noise-only share was fitted for the default schedule; "
                             "with %s the scores shift: fit one with `banscan calibrate`", self.noise_threshold,
@@ -504,5 +510,5 @@ class BAN(Detector):
             z = (share - torch.tensor(prior["mean"])) / (torch.tensor(prior["sd"]) + prior["sd_floor"])
             stats["class_prior"] = {"name": prior["name"], "z": z.tolist()}
             return Evidence(score=float(z.max()), target=int(z.argmax()), stats=stats, artifacts={"mask": mask.cpu()},
-                            threshold=(prior["threshold"], prior.get("threshold_source", f"prior {prior['name']}")))
+                            threshold=(prior["threshold"], prior["threshold_source"]))
         return Evidence(score=float(h_neg.max()) / n, target=target, stats=stats, artifacts={"mask": mask.cpu()})
