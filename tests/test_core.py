@@ -334,7 +334,10 @@ def test_ban_auto_prior_needs_cifar10_classes_and_its_schedule(caplog) -> None:
     cifar = tuple(load_class_prior("cifar10")["classes"])
     assert len(cifar) == 10 and cifar[3] == "cat"
     assert BAN()._prior(cifar, 10)["name"] == "cifar10"
-    assert BAN()._prior(None, 10) is None and BAN()._prior(tuple("abcdefghij"), 10) is None
+    assert BAN()._prior(tuple("abcdefghij"), 10) is None and "names no classes" not in caplog.text
+    assert BAN()._prior(None, 10) is None and "pass class_prior=cifar10" in caplog.text
+    caplog.clear()
+    assert BAN()._prior(None, 7) is None and "names no classes" not in caplog.text  # no 7-class prior to point to
     assert BAN(class_prior=None)._prior(cifar, 10) is None and BAN(statistic="negmask")._prior(cifar, 10) is None
     assert BAN(n_steps=30)._prior(cifar, 10) is None and "not used here" in caplog.text
 
