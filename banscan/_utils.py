@@ -81,6 +81,15 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.training = training
 
 
+
+def toml_loads(text: str) -> dict[str, Any]:
+    """Parse TOML with the standard library (``tomli`` on Python 3.10); errors are ``ValueError``s."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads(text)
+
 def versions() -> dict[str, str]:
     """Versions of everything that can change a result."""
     import numpy

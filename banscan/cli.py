@@ -328,8 +328,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help='older spelling of --param mitigate.METHOD.KEY=VALUE (or a `mitigate` table in --params): '
                         'JSON object of per-mitigation parameters, e.g. \'{"ban": {"epochs": 10}}\'')
     p.add_argument("--mitigate-verify", default=None, metavar="DETECTOR",
-                   help="scan every model before and after its repair with this detector (e.g. nc), with its "
-                        "--method-params if given; the verdicts go to the records and the report")
+                   help="scan every model before and after its repair with this detector (e.g. nc), with the "
+                        "parameters given for it as one of --methods (--param DETECTOR.KEY=VALUE, --params, "
+                        "--method-params), else its defaults; the verdicts go to the records and the report")
     _add_ray_args(p)
     _report_args(p)
     p.set_defaults(func=_cmd_bench)

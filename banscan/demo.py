@@ -23,7 +23,7 @@ from .train import TrainConfig, accuracy, predict, train_model
 __all__ = ["run_demo"]
 
 TARGET = 3
-# The paper's statistic with the majority rule. banscan's default statistic ("fused", chosen on CIFAR-10 models)
+# The paper's statistic with the majority rule. The `fused` statistic (tried on CIFAR-10 models; not the default)
 # flags this demo's clean model (measured: score 4.94 at seed 0, target 7; the backdoored one 10.55, target 3):
 # on generated data one class's prototype can be an outlier among the classes without any backdoor. BAN's paper
 # threshold (0.9) is meant for CIFAR-scale models; here clean scores are about 0.15-0.3. A poison rate of 0.3:

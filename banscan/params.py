@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._utils import BanscanError
+from ._utils import BanscanError, toml_loads
 
 _TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null")
 
@@ -96,12 +96,10 @@ def read_file(path: str | Path, flag: str = "--params") -> dict[str, Any]:
         raise BanscanError(f"{flag} {path}: no such file")
     try:
         if p.suffix == ".toml":
-            import tomllib
-
-            out = tomllib.loads(p.read_text())
+            out = toml_loads(p.read_text())
         else:
             out = json.loads(p.read_text())
-    except ValueError as e:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+    except ValueError as e:  # TOMLDecodeError and json.JSONDecodeError are ValueErrors
         raise BanscanError(f"{flag} {path} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {e}") from None
     if not isinstance(out, dict):
         raise BanscanError(f"{flag} {path} must hold a table of parameters")

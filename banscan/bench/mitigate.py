@@ -152,7 +152,7 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
                  ) -> list[dict[str, Any]]:
     """Repair every backdoored model of a zoo with each method; append records to ``OUT/mitigation.jsonl``.
 
-    Fifteen keyword-style arguments: this is the library form of ``banscan bench --mitigate``, one argument per
+    Fourteen keyword-style arguments: this is the library form of ``banscan bench --mitigate``, one argument per
     option of that command; each is documented below and has a default.
 
     Args:

@@ -85,9 +85,9 @@ class BANFineTune(FineTune):
         target: ``None`` (the paper): the noise ascends the clean loss ``CE(f(x), y)``, going wherever the model
             is weakest. A class index: the noise instead climbs that class's log-probability,
             ``-CE(f(x), target)``, aiming at a backdoor into that class. ``"scan"``: first scan the model with
-            :class:`~banscan.detectors.BAN` (defaults, same seed, on the same clean data) and aim at the class its
-            noise favours (``stats["target_noise"]``, the noise without the mask, as in this fine-tuning). Either
-            way the weights learn ``CE(f_noise(x), y)``, the true label under that noise.
+            :class:`~banscan.detectors.BAN` (its ``paper`` preset, same seed, on the same clean data) and aim at
+            the class its noise favours (``stats["target_noise"]``, the noise without the mask, as in this
+            fine-tuning). Either way the weights learn ``CE(f_noise(x), y)``, the true label under that noise.
         bn_mode: ``"clean"``, ``"recalibrate"`` or ``"official"`` (see the module docstring).
         epochs: passes over the clean data (25, run literally).
         lr: SGD learning rate (constant).

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._utils import BanscanError, json_safe
+from .._utils import BanscanError, json_safe, toml_loads
 
 _SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
 _TOP_KEYS = {"name", "description", "dataset", "defender", "train", "gate", "models"}
@@ -37,12 +37,8 @@ def _read_spec_file(p: Path) -> dict[str, Any]:
             raise BanscanError(f"{p}: invalid YAML: {e}") from None
     else:
         try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            spec = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
+            spec = toml_loads(text)
+        except ValueError as e:  # TOMLDecodeError
             raise BanscanError(f"{p}: invalid TOML: {e}") from None
     if not isinstance(spec, dict):
         raise BanscanError(f"{p}: a spec must be a mapping of sections, got {type(spec).__name__}")
