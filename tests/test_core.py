@@ -334,6 +334,7 @@ def test_ban_auto_prior_needs_cifar10_classes_and_its_schedule(caplog) -> None:
     cifar = tuple(load_class_prior("cifar10")["classes"])
     assert len(cifar) == 10 and cifar[3] == "cat"
     assert BAN()._prior(cifar, 10)["name"] == "cifar10"
+    assert BAN()._prior(tuple(c.capitalize() for c in cifar), 10)["name"] == "cifar10"  # names match in any case
     assert BAN()._prior(tuple("abcdefghij"), 10) is None and "names no classes" not in caplog.text
     assert BAN()._prior(None, 10) is None and "pass class_prior=cifar10" in caplog.text
     caplog.clear()

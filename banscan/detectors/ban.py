@@ -167,8 +167,9 @@ class BAN(Detector):
         class_prior: with ``statistic="noise"``, how easily clean models' noise reaches each class of this data set
             (a shipped name, e.g. ``"cifar10"``, or a JSON file from ``banscan calibrate``): the score becomes the
             largest per-class z-score ``(share_k - mean_k) / (sd_k + sd_floor)`` and the verdict uses the prior's
-            own threshold. ``"auto"`` (default) takes the shipped prior whose class names equal the data's, when the
-            schedule is the one it was fitted with; otherwise (and with ``None``) the score is the plain share.
+            own threshold. ``"auto"`` (default) takes the shipped prior whose class names equal the data's (in any
+            case), when the schedule is the one it was fitted with; otherwise (and with ``None``) the score is the
+            plain share.
             Clean CIFAR-10 models' noise favours some classes (cat most), which is where the plain share's false
             alarms came from (``benchmarks/RESULTS.md``).
         mm_images, mm_steps: with ``statistic="fused"``, MM-BD's starting images per class and ascent steps
@@ -413,7 +414,9 @@ class BAN(Detector):
                                 "plain share; if these are %s images, name the classes (an .npz 'classes' array, "
                                 "class folders) or pass class_prior=%s", " or ".join(sized), sized[0])
                 return None
-            fits = [p for p in map(load_class_prior, shipped_priors()) if list(classes) == p.get("classes")]
+            names = [c.strip().lower() for c in classes]
+            fits = [p for p in map(load_class_prior, shipped_priors())
+                    if names == [c.lower() for c in p.get("classes", [])]]
             same = [p for p in fits if not self._schedule_changes(p["schedule"])]
             if fits and not same:
                 log.warning("the shipped class prior %r was fitted with the default schedule, not used here: the "
