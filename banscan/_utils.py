@@ -81,7 +81,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.training = training
 
 
-
 def toml_loads(text: str) -> dict[str, Any]:
     """Parse TOML with the standard library (``tomli`` on Python 3.10); errors are ``ValueError``s."""
     try:
@@ -89,6 +88,7 @@ def toml_loads(text: str) -> dict[str, Any]:
     except ImportError:  # Python < 3.11
         import tomli as tomllib  # type: ignore[no-redef]
     return tomllib.loads(text)
+
 
 def versions() -> dict[str, str]:
     """Versions of everything that can change a result."""
