@@ -3,6 +3,7 @@ resumes, on a tiny zoo written by hand in the layout of docs/CONTRACTS.md."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import types
@@ -318,6 +319,22 @@ def test_bench_refuses_mixed_parameters_and_bad_input(handmade_zoo, stub_zoo, tm
     with pytest.raises(BanscanError, match="has no results.jsonl"):
         _bench_cli(["bench", "report", "--results", str(tmp_path / "nowhere")])
     assert not math.isnan(load_records(out)[0]["score"])
+
+
+def test_bench_refuses_to_resume_over_a_rebuilt_model(handmade_zoo, stub_zoo, tmp_path):
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(handmade_zoo, zoo)
+    out = tmp_path / "res"
+    cfg = BenchConfig(zoo=str(zoo), methods=("ban",), out=str(out), method_params=TINY_BAN, models=("m0-clean",))
+    assert run_bench(cfg)["scanned"] == 1
+    rec = load_records(out)[0]
+    assert rec["weights_sha256"] == hashlib.sha256((zoo / "m0-clean.safetensors").read_bytes()).hexdigest()
+    assert run_bench(cfg)["skipped"] == 1  # same weights: resumed
+    shutil.copy(zoo / "m1-clean.safetensors", zoo / "m0-clean.safetensors")  # "rebuilt" with other weights
+    with pytest.raises(BanscanError, match="m0-clean scanned from other weights"):
+        run_bench(cfg)
 
 
 def test_report_from_records_alone(tmp_path):

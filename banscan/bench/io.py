@@ -30,7 +30,8 @@ class BenchRecord:
 
     ``status`` is ``"ok"`` (the scan fields are set) or ``"error"`` (``error`` says why; the scan fields are left
     out of the line). The model's ground truth (``backdoored``, ``attack``, ``true_target``, ``arch``,
-    ``poison_rate``, ``BA``, ``ASR``) comes from its zoo card; rates are fractions.
+    ``poison_rate``, ``BA``, ``ASR``) comes from its zoo card; rates are fractions. ``weights_sha256`` is the
+    SHA-256 of the weights file that was scanned: a resumed benchmark refuses to mix it with a rebuilt model's.
     """
 
     schema_version: ClassVar[int] = 1
@@ -48,6 +49,7 @@ class BenchRecord:
     ASR: float | None
     status: str
     time: str | None = None
+    weights_sha256: str | None = None
     error: str | None = None
     score: float | None = None
     verdict: str | None = None
@@ -69,7 +71,8 @@ class BenchRecord:
 
         d = {**asdict(self), "schema_version": self.schema_version}
         drop = _SCAN_FIELDS if self.status != "ok" else ("error",)
-        return json_safe({k: v for k, v in d.items() if k not in drop and not (k == "time" and v is None)})
+        return json_safe({k: v for k, v in d.items()
+                          if k not in drop and not (k in ("time", "weights_sha256") and v is None)})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BenchRecord:
