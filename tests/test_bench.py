@@ -333,7 +333,7 @@ def test_bench_refuses_to_resume_over_a_rebuilt_model(handmade_zoo, stub_zoo, tm
     assert rec["weights_sha256"] == hashlib.sha256((zoo / "m0-clean.safetensors").read_bytes()).hexdigest()
     assert run_bench(cfg)["skipped"] == 1  # same weights: resumed
     shutil.copy(zoo / "m1-clean.safetensors", zoo / "m0-clean.safetensors")  # "rebuilt" with other weights
-    with pytest.raises(BanscanError, match="m0-clean scanned from other weights"):
+    with pytest.raises(BanscanError, match="m0-clean made from other weights"):
         run_bench(cfg)
 
 

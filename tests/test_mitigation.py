@@ -310,6 +310,10 @@ def test_mitigate_zoo_appends_records_and_resumes(tiny_zoo, test_set, tmp_path, 
     assert [r["method"] for r in recs] == ["anp"]
     assert [json.loads(x)["method"] for x in (res / "mitigation.jsonl").read_text().splitlines()] == ["ft", "anp"]
     assert all(r["verify"] is None for r in recs)
+    (zoo / "bd0.safetensors").write_bytes((zoo / "clean0.safetensors").read_bytes())  # a rebuilt/replaced model
+    with pytest.raises(BanscanError, match="bd0 made from other weights"):
+        mitigate_zoo(zoo, methods=["ft", "anp"], out=res, params={"ft": FAST["ft"], "anp": FAST["anp"]})
+    save_weights(tiny_zoo.backdoored, zoo / "bd0.safetensors")
     recs = mitigate_zoo(zoo, methods=["ft", "ban"], out=tmp_path / "VERIFIED", verify="ban",
                         verify_params=verify_params, params={"ft": FAST["ft"], "ban": {**FAST["ban"], "epochs": 1}})
     first, second = (r["verify"] for r in recs)

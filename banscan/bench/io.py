@@ -3,6 +3,7 @@ and read by :mod:`banscan.jsonl`, the one implementation)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -13,11 +14,27 @@ from .._utils import BanscanError
 from ..jsonl import append_jsonl, check_schema, read_jsonl, repair_tail
 
 __all__ = ["RESULTS_NAME", "RUNS_NAME", "MITIGATION_NAME", "BenchRecord", "read_jsonl", "append_jsonl",
-           "repair_tail", "record_key", "load_records"]
+           "repair_tail", "record_key", "load_records", "weights_sha256", "check_same_weights"]
 
 RESULTS_NAME = "results.jsonl"
 RUNS_NAME = "runs.jsonl"
 MITIGATION_NAME = "mitigation.jsonl"
+
+
+def weights_sha256(weights: str | os.PathLike | bytes) -> str:
+    """SHA-256 of a model's weights (its file, or the file's bytes as a Ray task gets them)."""
+    return hashlib.sha256(weights if isinstance(weights, bytes) else Path(weights).read_bytes()).hexdigest()
+
+
+def check_same_weights(recorded: Mapping[str, str | None], cards: list[dict[str, Any]], zoo: Path, path: Path) -> None:
+    """Refuse to resume over records (model id -> ``weights_sha256``) of a model whose weights file has changed
+    since (a rebuilt model); records without a hash (older files) are not checked."""
+    for card in cards:
+        old = recorded.get(card["id"])
+        if old and old != (now := weights_sha256(zoo / card["file"])):
+            raise BanscanError(f"{path} holds results for {card['id']} made from other weights (sha256 {old[:12]}..., "
+                               f"the file now {now[:12]}...): the model was rebuilt or replaced; use a new --out, or "
+                               "remove its records to run it again")
 
 
 _SCAN_FIELDS = ("score", "verdict", "threshold", "threshold_source", "target", "timings", "load_s", "wall_s",

@@ -20,7 +20,7 @@ import torch
 from .._utils import BanscanError, json_safe, resolve_device
 from ..jsonl import append_jsonl, check_schema, read_jsonl, repair_tail
 from ..params import with_seed
-from .io import MITIGATION_NAME
+from .io import MITIGATION_NAME, check_same_weights, weights_sha256
 
 __all__ = ["MitigationRecord", "mitigate_zoo", "repair_model", "read_mitigation_records"]
 log = logging.getLogger(__name__)
@@ -52,9 +52,11 @@ class MitigationRecord:
     timings: dict[str, float]
     versions: dict[str, str]
     verify: dict[str, Any] | None
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return json_safe({**asdict(self), "schema_version": self.schema_version})
+        d = {**asdict(self), "schema_version": self.schema_version}
+        return json_safe({k: v for k, v in d.items() if not (k == "weights_sha256" and v is None)})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MitigationRecord:
@@ -101,6 +103,7 @@ def repair_model(card: Mapping[str, Any], weights: Any, attack_state: Any, metho
     from ..mitigation import evaluate_mitigation, get_mitigation, verify_repair
     from ..zoo.store import model_from_card
 
+    sha = weights_sha256(weights)
     model = model_from_card(card, weights, device)
     dev = resolve_device(device, model)
     if attack_state is None:
@@ -124,7 +127,7 @@ def repair_model(card: Mapping[str, Any], weights: Any, attack_state: Any, metho
             ASR_before=ev.get("ASR_before"), ASR_after=ev.get("ASR_after"), RA_after=ev.get("RA_after"),
             ASR_any_after=ev.get("ASR_any_after"), ASR_any_class_after=ev.get("ASR_any_class_after"),
             time_s=round(elapsed, 3), n_images=len(defend), device=str(dev), params=json_safe(mit.get_params()),
-            stats=res.stats, timings=res.timings, versions=res.versions, verify=ver)
+            stats=res.stats, timings=res.timings, versions=res.versions, verify=ver, weights_sha256=sha)
         log.info("%s %s: BA %.3f -> %.3f, ASR %.3f -> %.3f (%.1fs)", card["id"], method, rec.BA_before,
                  rec.BA_after, rec.ASR_before, rec.ASR_after, elapsed)
         out.append({"record": rec.to_dict(), "weights": _state_bytes(res) if keep_weights else None})
@@ -189,7 +192,9 @@ def mitigate_zoo(zoo_dir: str | os.PathLike, methods: Sequence[str] = ("ban",), 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MITIGATION_NAME
     repair_tail(path)
-    done = {(r.model, r.method) for r in read_mitigation_records(path)} if resume else set()
+    old = read_mitigation_records(path) if resume else []
+    check_same_weights({r.model: r.weights_sha256 for r in old}, cards, Path(zoo_dir), path)
+    done = {(r.model, r.method) for r in old}
     defend, test = zoo.defender_data(zoo_dir, data_dir), zoo.test_data(zoo_dir, data_dir)
     if n_images is not None and n_images < len(defend):
         defend, _ = defend.split(n_images, seed=seed)

@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import resource
 import subprocess
 import sys
@@ -26,7 +25,8 @@ from typing import Any
 
 from .._utils import BanscanError
 from ..params import reject_seed
-from .io import RESULTS_NAME, RUNS_NAME, BenchRecord, append_jsonl, read_jsonl, record_key, repair_tail
+from .io import (RESULTS_NAME, RUNS_NAME, BenchRecord, append_jsonl, check_same_weights, read_jsonl, record_key,
+                 repair_tail, weights_sha256)
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +133,6 @@ def _git_commit() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def weights_sha256(weights: str | os.PathLike | bytes) -> str:
-    """SHA-256 of a model's weights (its file, or the file's bytes as a Ray task gets them)."""
-    return hashlib.sha256(weights if isinstance(weights, bytes) else Path(weights).read_bytes()).hexdigest()
-
-
-def _check_same_weights(existing: list[dict], cards: list[dict[str, Any]], zoo: Path, path: Path) -> None:
-    """Refuse to resume over records of a model whose weights file has changed since (a rebuilt model)."""
-    seen = {r["model"]: r["weights_sha256"] for r in existing if r.get("status") == "ok" and r.get("weights_sha256")}
-    for card in cards:
-        if card["id"] in seen and seen[card["id"]] != (now := weights_sha256(zoo / card["file"])):
-            raise BanscanError(f"{path} holds results for {card['id']} scanned from other weights (sha256 "
-                               f"{seen[card['id']][:12]}..., the file now {now[:12]}...): the model was rebuilt or "
-                               "replaced; use a new --out, or remove its records to scan it again")
 
 
 def _check_consistent(existing: list[dict], det_params: Mapping[str, dict], zoo_id: str, seed: int,
@@ -342,7 +327,8 @@ def run_bench(cfg: BenchConfig, argv: Sequence[str] | None = None, ray: Any = No
     existing = read_jsonl(path)
     det_params = {m: json_safe(d.get_params()) for m, d in dets.items()}
     _check_consistent(existing, det_params, zoo_id, cfg.seed, path)
-    _check_same_weights(existing, cards, Path(cfg.zoo), path)
+    check_same_weights({r["model"]: r.get("weights_sha256") for r in existing if r.get("status") == "ok"}, cards,
+                       Path(cfg.zoo), path)
     done = {record_key(r) for r in existing if r.get("status") == "ok"}
     todo = [(c, [m for m in cfg.methods if (c["id"], m) not in done]) for c in cards]
     todo = [(c, ms) for c, ms in todo if ms]
