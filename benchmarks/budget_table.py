@@ -11,7 +11,6 @@ flags the model, then its time and the CPU kind (or device) it ran on. Missing r
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from banscan.jsonl import read_jsonl
@@ -22,7 +21,6 @@ ORDER = ["btidbf-1pct", "btidbf-10pct", "btidbf-100pct", "nc-backdoorbench"]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path, help="OUT folders of baseline_budgets.sh")
-    ap.add_argument("--json", type=Path, help="also write the records' essentials here")
     args = ap.parse_args()
     rows: dict[str, dict[str, dict]] = {}
     for folder in args.folders:
@@ -42,10 +40,6 @@ def main() -> None:
                  f"{v[m]['timings']['total']:,.0f} s ({v[m]['versions'].get('cpu', v[m]['device'])})"
                  if m in v else "-" for m in models]
         print(f"| {setting} | " + " | ".join(cells) + " |")
-    if args.json:
-        keep = ("model", "attack", "true_target", "target", "score", "verdict", "threshold", "timings", "device")
-        args.json.write_text(json.dumps({s: {m: {k: r.get(k) for k in keep} for m, r in v.items()}
-                                         for s, v in rows.items()}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -407,16 +407,16 @@ class BAN(Detector):
         if self.statistic != "noise" or self.class_prior is None:
             return None
         if self.class_prior == "auto":
+            priors = [load_class_prior(n) for n in shipped_priors()]
             if not classes:
-                sized = [n for n in shipped_priors() if len(load_class_prior(n)["mean"]) == k]
+                sized = [p["name"] for p in priors if len(p["mean"]) == k]
                 if sized:
                     log.warning("the data names no classes, so no shipped class prior applies and the score is the "
                                 "plain share; if these are %s images, name the classes (an .npz 'classes' array, "
                                 "class folders) or pass class_prior=%s", " or ".join(sized), sized[0])
                 return None
             names = [c.strip().lower() for c in classes]
-            fits = [p for p in map(load_class_prior, shipped_priors())
-                    if names == [c.lower() for c in p.get("classes", [])]]
+            fits = [p for p in priors if names == [c.lower() for c in p.get("classes", [])]]
             same = [p for p in fits if not self._schedule_changes(p["schedule"])]
             if fits and not same:
                 log.warning("the shipped class prior %r was fitted with the default schedule, not used here: the "
