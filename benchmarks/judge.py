@@ -10,6 +10,7 @@ a card (failed gates included) and every gated model a signal.
 
     python benchmarks/judge.py ZOO build [--shard K/N]  # build (the zoo's build commit) what has no card yet
     python benchmarks/judge.py ZOO scan [--watch]       # judge built models not judged yet; record their cards
+    python benchmarks/judge.py ZOO merge --from DIR     # add a judgement made elsewhere (benchmarks/gpu_judge.sh)
     python benchmarks/judge.py ZOO summary              # the metrics, once all are in
 
 On this 2-core machine (resumable; after a loss of runs/ only what has no card is built again):
@@ -110,7 +111,7 @@ def scan() -> int:
     return len(new)
 
 
-def build(shard: str | None) -> None:
+def build(shard: str | None, device: str = "cpu") -> None:
     """Build, with the zoo's build commit, the models of the zoo that have no card here yet; ``shard`` K/N takes
     every N-th of the spec's models from K (positions in the whole spec, so that shards started at different times
     never build the same model)."""
@@ -123,10 +124,26 @@ def build(shard: str | None) -> None:
     if not todo:
         return
     code = ("import json, logging, sys; from banscan.zoo import build_zoo; logging.basicConfig(level=logging.INFO); "
-            "a = json.loads(sys.argv[1]); build_zoo(a['spec'], a['out'], device='cpu', only=a['only'])")
-    arg = json.dumps({"spec": spec, "out": str(ZOO), "only": todo})
+            "a = json.loads(sys.argv[1]); build_zoo(a['spec'], a['out'], device=a['device'], only=a['only'])")
+    arg = json.dumps({"spec": spec, "out": str(ZOO), "only": todo, "device": device})
     env = {**ENV, "PYTHONPATH": str(BUILD_SRC)}
     subprocess.run([sys.executable, "-c", code, arg], cwd=BUILD_SRC, env=env, check=True)
+
+
+def merge(other: Path) -> None:
+    """Add the cards and signals of a judgement made elsewhere (``other``: a folder with its ``cards.json`` and
+    ``signals.jsonl``, e.g. from ``benchmarks/gpu_judge.sh``) for the models judged here not yet; a model's card and
+    signal always come from the same place."""
+    theirs = json.loads((other / "cards.json").read_text())
+    signals = {json.loads(x)["model"]: x for x in (other / "signals.jsonl").read_text().splitlines() if x.strip()}
+    cards, judged = _cards(), _judged()
+    new = {i: c for i, c in theirs.items() if i not in cards and i not in judged
+           and (c.get("status") == "failed" or i in signals)}
+    with SIGNALS.open("a") as f:
+        f.writelines(signals[i] + "\n" for i in sorted(new) if i in signals)
+    cards.update(new)
+    CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
+    print(f"{len(new)} models added from {other}; {len(cards)} judged or gate-failed so far")
 
 
 def summary() -> None:
@@ -159,9 +176,11 @@ def summary() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("zoo", choices=list(JUDGES))
-    ap.add_argument("step", choices=["build", "scan", "summary"])
+    ap.add_argument("step", choices=["build", "scan", "merge", "summary"])
     ap.add_argument("--shard", metavar="K/N", help="build: only every N-th model from K, for N parallel processes")
     ap.add_argument("--watch", action="store_true", help="scan: repeat every 5 minutes while a zoo build runs")
+    ap.add_argument("--device", default="cpu", help="build: where to train (cuda on a GPU machine)")
+    ap.add_argument("--from", dest="other", type=Path, help="merge: a folder with cards.json and signals.jsonl")
     args = ap.parse_args()
     _select(args.zoo)
     if args.step == "scan":
@@ -176,7 +195,11 @@ def main() -> None:
         if args.watch:
             scan()  # the models finished in the last interval
     elif args.step == "build":
-        build(args.shard)
+        build(args.shard, args.device)
+    elif args.step == "merge":
+        if args.other is None:
+            ap.error("merge needs --from DIR")
+        merge(args.other)
     else:
         summary()
 
