@@ -17,6 +17,8 @@ disagreement between the two codes is to be judged against. Resumable: each fini
 
 Run (about 19 min of one CPU thread at the default budget: 3 models, about 3 min per side each):
 
+    python -m venv /tmp/official-env && /tmp/official-env/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        tqdm einops pandas
     OMP_NUM_THREADS=1 python benchmarks/btidbf_parity.py --official-python /tmp/official-env/bin/python
 """
 
@@ -39,6 +41,7 @@ ZOO = Path(__file__).resolve().parents[1] / "runs" / "zoo-dev"
 MODELS = ["clean-resnet18-w16-s50", "badnets-resnet18-w16-s60", "iad-resnet18-w16-s62"]
 OUT = Path(__file__).parent / "results" / "btidbf_parity.json"
 
+OFFICIAL_IMPORTS = ["torch", "torchvision", "numpy", "PIL", "tqdm", "einops", "pandas"]
 OFFICIAL_CHANGES = [
     "models/resnet.py: width 64 -> 16 (in_planes, conv1, bn1, layer1..4 = 16/32/64/128, linear 128 -> 10), to "
     "match the zoo's base_width=16 ResNet-18; nothing else in the file changed",
@@ -191,6 +194,12 @@ def main() -> None:
     if a.preround % 10:
         raise SystemExit("--preround must be a multiple of 10: the official pretrain.py saves its generator every 10")
     torch.set_num_threads(1)
+    # What the official scripts import, checked before banscan's side spends its minutes.
+    check = subprocess.run([a.official_python, "-c", "import " + ", ".join(OFFICIAL_IMPORTS)], capture_output=True,
+                           text=True)
+    if check.returncode:
+        why = (check.stderr.strip().splitlines() or [f"exit status {check.returncode}"])[-1]
+        raise SystemExit(f"{a.official_python} cannot run the official code ({why}); see this file's docstring")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from banscan import __version__
     from banscan.detectors import BTIDBF
