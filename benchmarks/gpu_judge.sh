@@ -26,14 +26,17 @@ for pair in "build $build" "judge $frozen"; do
   [ -d "$d" ] || { mkdir -p "$d" && tar -xzf ".gpu/src-$2.tar.gz" -C "$d"; } || exit 1
 done
 judge() { $py benchmarks/judge.py "$zoo" scan >>/tmp/judge-scan.log 2>&1; grep "models judged" /tmp/judge-scan.log | tail -n 1; }
+pids=()  # each shard in its own process group, so that only this script's builds are stopped at the end
 for k in $(seq 0 $((shards - 1))); do
-  $py benchmarks/judge.py "$zoo" build --shard "$k/$shards" --device cuda >"$OUT/build$k.log" 2>&1 &
+  setsid $py benchmarks/judge.py "$zoo" build --shard "$k/$shards" --device cuda >"$OUT/build$k.log" 2>&1 &
+  pids+=($!)
 done
 end=$(( $(date +%s) + secs ))
-while [ "$(date +%s)" -lt "$end" ] && pgrep -f "judge.py $zoo build" >/dev/null; do
+running() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+while [ "$(date +%s)" -lt "$end" ] && running; do
   sleep 60
   judge
 done
-pkill -f "judge.py $zoo build"; pkill -f build_zoo; sleep 3
+for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null; done; sleep 3
 judge
 cp "benchmarks/results/$zoo/cards.json" "benchmarks/results/$zoo/signals.jsonl" "$OUT/"
