@@ -11,7 +11,7 @@
 #   1. carry [".gpu/part1.bin"], command "true"
 #   2. carry [".gpu/part2.bin", ".gpu/src-43753a3.tar.gz"], command "bash benchmarks/gpu_judge.sh cifar10-eval3 8 420",
 #      timeout_s 590; repeat without carry while device time lasts
-# Then here: python benchmarks/judge.py cifar10-eval3 merge --from <files_at>
+# Then here, with no local scan running: python benchmarks/judge.py cifar10-eval3 merge --from <files_at>
 set -u
 zoo=$1 shards=${2:-8} secs=${3:-420}
 root=$(pwd)
