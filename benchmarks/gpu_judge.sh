@@ -28,7 +28,7 @@ done
 judge() { $py benchmarks/judge.py "$zoo" scan >>/tmp/judge-scan.log 2>&1; grep "models judged" /tmp/judge-scan.log | tail -n 1; }
 pids=()  # each shard in its own process group, so that only this script's builds are stopped at the end
 for k in $(seq 0 $((shards - 1))); do
-  setsid $py benchmarks/judge.py "$zoo" build --shard "$k/$shards" --device cuda >"$OUT/build$k.log" 2>&1 &
+  setsid $py benchmarks/judge.py "$zoo" build --shard "$k/$shards" --device cuda >"/tmp/build$k.log" 2>&1 &
   pids+=($!)
 done
 end=$(( $(date +%s) + secs ))
@@ -39,4 +39,6 @@ while [ "$(date +%s)" -lt "$end" ] && running; do
 done
 for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null; done; sleep 3
 judge
+# at most 8 files come back: the two records and the shards' logs in one file
 cp "benchmarks/results/$zoo/cards.json" "benchmarks/results/$zoo/signals.jsonl" "$OUT/"
+tail -n 20 /tmp/build*.log >"$OUT/build.log"

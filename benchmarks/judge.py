@@ -81,6 +81,10 @@ def _cards() -> dict:
     return json.loads(CARDS.read_text()) if CARDS.is_file() else {}
 
 
+def _write_cards(cards: dict) -> None:
+    CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
+
+
 def _judged() -> set[str]:
     return {json.loads(x)["model"] for x in SIGNALS.read_text().splitlines() if x.strip()} if SIGNALS.is_file() \
         else set()
@@ -106,7 +110,7 @@ def scan() -> int:
            and (c["id"] in judged or c.get("status") == "failed")}
     if new:
         cards.update(new)
-        CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
+        _write_cards(cards)
     print(f"{len(cards)} models judged or gate-failed so far ({len(new)} new)")
     return len(new)
 
@@ -142,7 +146,7 @@ def merge(other: Path) -> None:
     with SIGNALS.open("a") as f:
         f.writelines(signals[i] + "\n" for i in sorted(new) if i in signals)
     cards.update(new)
-    CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
+    _write_cards(cards)
     print(f"{len(new)} models added from {other}; {len(cards)} judged or gate-failed so far")
 
 
