@@ -11,6 +11,7 @@ a card (failed gates included) and every gated model a signal.
     python benchmarks/judge.py ZOO build [--shard K/N]  # build (the zoo's build commit) what has no card yet
     python benchmarks/judge.py ZOO scan [--watch]       # judge built models not judged yet; record their cards
     python benchmarks/judge.py ZOO merge --from DIR     # add a judgement made elsewhere (benchmarks/gpu_judge.sh)
+    python benchmarks/judge.py ZOO baselines            # issue 14: BAN, BTI-DBF, NC at equal cost on judged models
     python benchmarks/judge.py ZOO summary              # the metrics, once all are in
 
 On this 2-core machine (resumable; after a loss of runs/ only what has no card is built again):
@@ -150,6 +151,41 @@ def merge(other: Path) -> None:
     print(f"{len(new)} models added from {other}; {len(cards)} judged or gate-failed so far")
 
 
+# Issue 14's equal-cost run, with the budgets fixed for cifar10-eval before its run (each baseline under 10 times BAN's
+# default scan: BTI-DBF 1/1/1 epochs of 4 batches, NC 1 epoch of 10 batches per class); BAN is the frozen default.
+EQUAL_COST = ["--methods", "ban,btidbf,nc", "--seed", "0", "--param", "btidbf.budget=0.02",
+              "--param", "btidbf.batches_per_epoch=4", "--param", "btidbf.n_eval=500", "--param", "nc.n_epochs=1",
+              "--param", "nc.batches_per_epoch=10", "--param", "nc.n_eval=1000"]
+
+
+def baselines() -> None:
+    """Scan every judged model that is on disk with BAN, BTI-DBF and Neural Cleanse at equal cost (the frozen
+    commit's code, one thread; resumable). No report until ``summary``: the BAN records are the judged default's."""
+    ids = sorted(i for i, c in _cards().items() if c.get("status") == "ok" and (ZOO / f"{i}.safetensors").is_file())
+    if not ids:
+        print("no judged model on disk yet")
+        return
+    _worktree(FROZEN_SRC, J["frozen"])
+    subprocess.run([sys.executable, "-m", "banscan", "bench", "--zoo", str(ZOO), "--models", ",".join(ids),
+                    "--out", str(OUT / "equal-cost"), "--no-report", *EQUAL_COST],
+                   cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
+
+
+def _equal_cost_report() -> None:
+    """The equal-cost report (issue 14), once every gated model has its three records."""
+    res = OUT / "equal-cost/results.jsonl"
+    gated = {i for i, c in _cards().items() if c.get("status") == "ok"}
+    done = {} if not res.is_file() else \
+        {(r["model"], r["method"]) for r in map(json.loads, res.read_text().splitlines()) if r.get("model")}
+    missing = sorted(i for i in gated for m in ("ban", "btidbf", "nc") if (i, m) not in done)
+    if missing:
+        print(f"equal-cost report not written: {len(set(missing))} models lack records (python benchmarks/judge.py "
+              f"{NAME} baselines)")
+        return
+    subprocess.run([sys.executable, "-m", "banscan", "bench", "report", "--results", str(OUT / "equal-cost")],
+                   cwd=FROZEN_SRC, env=FROZEN_ENV, check=True)
+
+
 def summary() -> None:
     spec, cards, judged = _spec(), _cards(), _judged()
     ids = [i for group in _plan_ids(spec["models"]) for i in group]
@@ -161,6 +197,8 @@ def summary() -> None:
     subprocess.run([sys.executable, str(FROZEN_SRC / "benchmarks/dev_signals.py"), "--zoo", str(ZOO),
                     "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{J['candidate']}={J['threshold']}",
                     "--summary", str(OUT / "summary.json")], env=FROZEN_ENV, check=True)
+    if NAME == "cifar10-eval3":
+        _equal_cost_report()
     if NAME != "cifar10-eval2":
         return
     # The frozen analysis finds the training-length probe by "-e30-" in the model id, but cifar10-eval2's probe
@@ -180,7 +218,7 @@ def summary() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("zoo", choices=list(JUDGES))
-    ap.add_argument("step", choices=["build", "scan", "merge", "summary"])
+    ap.add_argument("step", choices=["build", "scan", "merge", "baselines", "summary"])
     ap.add_argument("--shard", metavar="K/N", help="build: only every N-th model from K, for N parallel processes")
     ap.add_argument("--watch", action="store_true", help="scan: repeat every 5 minutes while a zoo build runs")
     ap.add_argument("--device", default="cpu", help="build: where to train (cuda on a GPU machine)")
@@ -200,6 +238,8 @@ def main() -> None:
             scan()  # the models finished in the last interval
     elif args.step == "build":
         build(args.shard, args.device)
+    elif args.step == "baselines":
+        baselines()
     elif args.step == "merge":
         if args.other is None:
             ap.error("merge needs --from DIR")
