@@ -19,6 +19,7 @@ On this 2-core machine (resumable; after a loss of runs/ only what has no card i
         nohup python benchmarks/judge.py cifar10-eval3 build --shard $k/2 > runs/build-eval3/shard$k.log 2>&1 &
     done
     nohup python benchmarks/judge.py cifar10-eval3 scan --watch > runs/build-eval3/judge.log 2>&1 &
+    python benchmarks/judge.py cifar10-eval3 baselines > runs/build-eval3/baselines.log 2>&1  # now and then
 """
 
 from __future__ import annotations
