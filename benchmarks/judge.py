@@ -176,7 +176,7 @@ def _equal_cost_report() -> None:
     """The equal-cost report (issue 14), once every gated model has its three records."""
     res = OUT / "equal-cost/results.jsonl"
     gated = {i for i, c in _cards().items() if c.get("status") == "ok"}
-    done = {} if not res.is_file() else \
+    done = set() if not res.is_file() else \
         {(r["model"], r["method"]) for r in map(json.loads, res.read_text().splitlines()) if r.get("model")}
     missing = sorted(i for i in gated for m in ("ban", "btidbf", "nc") if (i, m) not in done)
     if missing:
