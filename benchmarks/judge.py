@@ -173,14 +173,15 @@ def baselines() -> None:
 
 
 def _equal_cost_report() -> None:
-    """The equal-cost report (issue 14), once every gated model has its three records."""
+    """The equal-cost report (issue 14), once every gated model has its three records; only ``summary`` calls it,
+    after checking that every model of the spec has a card (the report shows BAN's judged scores)."""
     res = OUT / "equal-cost/results.jsonl"
     gated = {i for i, c in _cards().items() if c.get("status") == "ok"}
     done = set() if not res.is_file() else \
         {(r["model"], r["method"]) for r in map(json.loads, res.read_text().splitlines()) if r.get("model")}
-    missing = sorted(i for i in gated for m in ("ban", "btidbf", "nc") if (i, m) not in done)
+    missing = {i for i in gated for m in ("ban", "btidbf", "nc") if (i, m) not in done}
     if missing:
-        print(f"equal-cost report not written: {len(set(missing))} models lack records (python benchmarks/judge.py "
+        print(f"equal-cost report not written: {len(missing)} models lack records (python benchmarks/judge.py "
               f"{NAME} baselines)")
         return
     subprocess.run([sys.executable, "-m", "banscan", "bench", "report", "--results", str(OUT / "equal-cost")],
@@ -198,7 +199,7 @@ def summary() -> None:
     subprocess.run([sys.executable, str(FROZEN_SRC / "benchmarks/dev_signals.py"), "--zoo", str(ZOO),
                     "--out", str(SIGNALS), "--analyze", "--brief", "--threshold", f"{J['candidate']}={J['threshold']}",
                     "--summary", str(OUT / "summary.json")], env=FROZEN_ENV, check=True)
-    if NAME == "cifar10-eval3":
+    if (OUT / "equal-cost").is_dir():  # a zoo whose baselines step has run
         _equal_cost_report()
     if NAME != "cifar10-eval2":
         return
