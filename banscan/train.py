@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import eval_mode, progress, resolve_device
+from ._utils import BanscanError, eval_mode, progress, resolve_device
 from .data import ImageData
 from .models import SplitModel
 
@@ -127,14 +128,19 @@ def autocast(amp: bool | None, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_enabled(amp, device))
 
 
-# 61 lines: the training loop (schedule, augmentation, hook, amp, timing) reads best in one piece.
+# 75 lines: the training loop (schedule, augmentation, hook, amp, per-epoch checkpoint, timing) reads best in one
+# piece.
 def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = None,
                 batch_hook: BatchHook | None = None, extra_params: list[nn.Parameter] | None = None,
-                device: str | torch.device | None = None) -> dict[str, Any]:
+                device: str | torch.device | None = None,
+                checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``model`` in place on ``data`` (inputs normalised with ``data.mean/std``); returns statistics.
 
     ``batch_hook`` poisons each augmented batch and may return a third element, an extra loss term;
-    ``extra_params`` (e.g. a trigger generator's) are optimised jointly with the model.
+    ``extra_params`` (e.g. a trigger generator's) are optimised jointly with the model. ``checkpoint``: a file
+    the training state (weights, ``extra_params``, optimiser, schedule, random-number states) is written to after
+    every epoch and resumed from when it exists, so that an interrupted run ends with the same weights as an
+    uninterrupted one; the caller removes it once the result is safe.
     """
     cfg = cfg or TrainConfig()
     dev = resolve_device(device, model)
@@ -144,19 +150,22 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     amp = amp_enabled(cfg.amp, dev)
-    params = list(model.parameters()) + list(extra_params or [])
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    extras = list(extra_params or [])
+    opt = torch.optim.SGD(list(model.parameters()) + extras, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=True)
     n = len(data)
     steps_per_epoch = max(1, n // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.25, anneal_strategy="linear")
     x_all = data.x.to(dev)
     y_all = data.y.to(dev)
+    start, seen, before = 0, 0, 0.0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        start, seen, before = _resume(checkpoint, cfg, n, model, extras, opt, sched, gen, dev)
     model.train()
     t0 = time.perf_counter()
-    seen = 0
     last_loss = float("nan")
-    for epoch in progress(range(cfg.epochs), "train"):
+    for epoch in progress(range(start, cfg.epochs), "train"):
         perm = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
@@ -182,14 +191,56 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
             seen += len(idx)
             last_loss = float(loss.detach())
         log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, last_loss)
+        if checkpoint is not None:
+            _save_state(checkpoint, {
+                "config": cfg.to_dict(), "n": n, "epoch": epoch + 1, "seen": seen,
+                "elapsed": before + time.perf_counter() - t0, "model": model.state_dict(),
+                "extras": [p.detach() for p in extras], "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {})})
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    elapsed = time.perf_counter() - t0
+    elapsed = before + time.perf_counter() - t0
     model.eval()
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return {"train_time_s": round(elapsed, 3), "images_per_s": round(seen / max(elapsed, 1e-9), 1),
             "final_loss": last_loss, "amp": amp, "device": str(dev), "config": cfg.to_dict()}
+
+
+def _save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a run killed while saving leaves the previous epoch's state
+
+
+def _resume(path: str | os.PathLike, cfg: TrainConfig, n: int, model: nn.Module, extras: list[nn.Parameter],
+            opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, dev: torch.device) -> tuple[int, int, float]:
+    """Load a :func:`train_model` checkpoint into the run's objects; returns (epochs done, images seen, seconds)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise BanscanError(f"cannot read the training checkpoint {path} ({type(e).__name__}: {e}); delete it to "
+                           "train from the start") from None
+    if state.get("config") != cfg.to_dict() or state.get("n") != n or len(state.get("extras", ())) != len(extras):
+        raise BanscanError(f"the training checkpoint {path} was written by another run (training config, data size "
+                           "or model differ); delete it to train from the start")
+    try:
+        model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for p, v in zip(extras, state["extras"], strict=True):
+                p.copy_(v)
+    except (RuntimeError, ValueError) as e:
+        raise BanscanError(f"the training checkpoint {path} does not fit this model ({e}); delete it to train "
+                           "from the start") from None
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["rng"])
+    if dev.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], dev)
+    log.info("resuming from %s after epoch %d/%d", path, state["epoch"], cfg.epochs)
+    return int(state["epoch"]), int(state["seen"]), float(state["elapsed"])
 
 
 @torch.no_grad()

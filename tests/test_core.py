@@ -381,6 +381,47 @@ def test_channels_last_avoids_the_cpu_patterns_that_crash_torch() -> None:
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path) -> None:
+    """A run stopped mid-training and resumed from its per-epoch checkpoint ends where an unbroken run ends:
+    model weights (channels-last), jointly trained extra parameters, optimiser, schedule and random streams."""
+    from banscan.train import TrainConfig, train_model
+
+    data = make_synthetic(96, num_classes=4, size=16, seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, amp=False, channels_last=True, seed=3)
+
+    def run(ckpt=None, stop_at=None):
+        torch.manual_seed(0)
+        model = create_model("resnet18", 4, base_width=16)
+        trigger = nn.Parameter(torch.zeros(3, 16, 16))
+        batches = [0]
+
+        def hook(x, y, idx, gen):  # a trainable trigger (as IAD's generators are) and a stop after some batches
+            batches[0] += 1
+            if batches[0] == stop_at:
+                raise KeyboardInterrupt
+            poisoned = torch.rand(len(x), 1, 1, 1, generator=gen) < 0.3
+            return (x + trigger * poisoned).clamp(0, 1), y, trigger.abs().mean()
+
+        stats = train_model(model, data, cfg, batch_hook=hook, extra_params=[trigger], checkpoint=ckpt)
+        return model.state_dict(), trigger.detach().clone(), stats
+
+    ref_state, ref_trigger, _ = run()
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(ckpt, stop_at=8)  # 6 batches an epoch: stopped in the second epoch, after the first's checkpoint
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    state, trigger, stats = run(ckpt)
+    assert torch.equal(trigger, ref_trigger) and not torch.equal(trigger, torch.zeros_like(trigger))
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+    assert stats["images_per_s"] > 0
+    with pytest.raises(BanscanError, match="another run"):
+        train_model(create_model("resnet18", 4, base_width=16), data, TrainConfig(epochs=4, batch_size=16),
+                    checkpoint=ckpt)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(BanscanError, match="cannot read"):
+        train_model(create_model("resnet18", 4, base_width=16), data, cfg, checkpoint=ckpt)
+
+
 def test_amp_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog) -> None:
     import banscan.train as tr
 

@@ -79,7 +79,9 @@ def test_defender_split_is_held_out(tiny_zoo):
     assert len(test_data(out)) == 300
 
 
-def test_resume_never_retrains(tiny_zoo, tmp_path):
+def test_resume_never_retrains(tiny_zoo, tmp_path, monkeypatch):
+    import banscan.train as tr
+
     src, m, _ = tiny_zoo
     out = tmp_path / "z"
     shutil.copytree(src, out)
@@ -87,13 +89,29 @@ def test_resume_never_retrains(tiny_zoo, tmp_path):
     mtimes = {c["id"]: os.stat(out / c["file"]).st_mtime_ns for c in m["models"]}
     (out / f"{victim}.json").unlink()  # interrupted before the card was written
     (out / f"{victim}.safetensors.tmp").write_bytes(b"half")  # and a half-written weights file
+    before = load_zoo_model(out, m["models"][-1]).state_dict()
+    real_save = tr._save_state
+
+    def save_then_stop(path, state):  # the build is stopped mid-model, after its third epoch's checkpoint
+        real_save(path, state)
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_save_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_zoo("tiny", out)
+    monkeypatch.undo()
+    assert (out / f"{victim}.train-state.pt").is_file() and not (out / f"{victim}.json").exists()
     events = []
     m2 = build_zoo("tiny", out, on_model=lambda i, n, c, r: events.append((c["id"], r)))
     assert [r for _, r in events] == [True] * (len(events) - 1) + [False]
     for c in m["models"][:-1]:
         assert os.stat(out / c["file"]).st_mtime_ns == mtimes[c["id"]]
     assert [c["id"] for c in m2["models"]] == [c["id"] for c in m["models"]]
-    assert m2["models"][-1]["BA"] == m["models"][-1]["BA"]  # seeded: the retrained model is the same
+    assert m2["models"][-1]["BA"] == m["models"][-1]["BA"]  # seeded: the retrained model is the same ...
+    after = load_zoo_model(out, m2["models"][-1]).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # ... to the bit, resumed from epoch 3
+    assert not list(out.glob("*.train-state.pt"))
 
 
 def test_eval_recomputes(tiny_zoo):

@@ -1,9 +1,11 @@
 """Build a zoo: train every model of a spec, resumably, with a quality gate; re-evaluate a built zoo.
 
-A model is trained by :func:`train_entry` (pure: entry and data in, card and tensors out; it runs in the driver
-or in a Ray task) and written by :func:`write_model` on the driver, card last (atomically), so a model counts as
-finished exactly when its card exists: an interrupted build resumes where it stopped and never retrains a finished
-model. Models below the spec's BA/ASR floors are recorded with ``status: "failed"`` and their numbers.
+A model is trained by :func:`train_entry` (entry and data in, card and tensors out; it runs in the driver or in a
+Ray task) and written by :func:`write_model` on the driver, card last (atomically), so a model counts as finished
+exactly when its card exists: an interrupted build resumes where it stopped and never retrains a finished model.
+Without Ray, the model in training also resumes from its last finished epoch (``<id>.train-state.pt``, removed
+once the model is written). Models below the spec's BA/ASR floors are recorded with ``status: "failed"`` and
+their numbers.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ def _tensors_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any
 
 
 def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, info: Mapping[str, Any],
-                device: str | torch.device | None = None) -> dict[str, Any]:
+                device: str | torch.device | None = None,
+                checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train and gate one model of the plan; returns ``{"card": dict, "weights": bytes, "attack": bytes | None}``
-    (safetensors bytes), writing nothing, so that a Ray task can run it and the driver write the result."""
+    (safetensors bytes), writing nothing but the per-epoch ``checkpoint`` of :func:`banscan.train.train_model`
+    (none on Ray), so that a Ray task can run it and the driver write the result."""
     from ..attacks import get_attack
     from ..models import create_model
     from ..train import TrainConfig, train_model
@@ -78,7 +82,8 @@ def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, inf
         attack = get_attack(entry["attack"], **entry["attack_params"])
         data = attack.prepare(train, dev)
         hook, extra = attack.poison_batch, attack.extra_parameters()
-    stats = train_model(model, data, TrainConfig(**entry["train"]), batch_hook=hook, extra_params=extra, device=dev)
+    stats = train_model(model, data, TrainConfig(**entry["train"]), batch_hook=hook, extra_params=extra, device=dev,
+                        checkpoint=checkpoint)
     ba, asr = _ba_asr(model, test, attack, dev)
     gate = entry["gate"]
     fails = []
@@ -204,7 +209,9 @@ def build_zoo(spec: str | os.PathLike | Mapping[str, Any], out: str | os.PathLik
         dev = resolve_device(device)
         for i, entry in progress(todo, "zoo", total=len(todo)):
             log.info("training %s (%d/%d)", entry["id"], i, n)
-            card = write_model(out, train_entry(entry, train, test, info, dev))
+            state = out / f"{entry['id']}.train-state.pt"  # per-epoch: a stopped build resumes mid-model
+            card = write_model(out, train_entry(entry, train, test, info, dev, checkpoint=state))
+            state.unlink(missing_ok=True)
             _write_json(mpath, {**manifest, "models": finished()})
             if on_model is not None:
                 on_model(i, n, card, False)
