@@ -6,10 +6,10 @@
 #
 # Here, once (the machine has neither git nor CIFAR-10, and a call carries at most 64 MiB):
 #   mkdir -p .gpu && python benchmarks/cifar10_pack.py pack 1 .gpu/part1.bin && \
-#     python benchmarks/cifar10_pack.py pack 2 .gpu/part2.bin && git archive -o .gpu/src-43753a3.tar.gz 43753a3 banscan benchmarks/dev_signals.py
+#     python benchmarks/cifar10_pack.py pack 2 .gpu/part2.bin && for c in 43753a3 8acf2ff; do git archive -o .gpu/src-$c.tar.gz $c banscan benchmarks/dev_signals.py; done
 # Device calls while the machine stays warm (a carried path stays there until a call carries it again):
 #   1. carry [".gpu/part1.bin"], command "true"
-#   2. carry [".gpu/part2.bin", ".gpu/src-43753a3.tar.gz"], command "bash benchmarks/gpu_judge.sh cifar10-eval3 8 420",
+#   2. carry [".gpu/part2.bin", ".gpu/src-43753a3.tar.gz", ".gpu/src-8acf2ff.tar.gz"], command "bash benchmarks/gpu_judge.sh cifar10-eval3 8 420",
 #      timeout_s 590; repeat without carry while device time lasts
 # Then here, with no local scan running: python benchmarks/judge.py cifar10-eval3 merge --from <files_at>
 set -u

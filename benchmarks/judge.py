@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 JUDGES = {
     "cifar10-eval2": {"frozen": "1c098a7", "build": "af1c253", "candidate": "ban-noise-r5-s10-b64-e2500",
                       "threshold": 0.16, "bf16": True},
-    "cifar10-eval3": {"frozen": "43753a3", "build": "43753a3", "candidate": "ban-default", "threshold": 4.3,
+    # eval3's first 16 models were built at 43753a3; 8acf2ff adds only per-epoch checkpoints to the same build path
+    # (its pre-registration's addendum of 2026-12-06, sixth session)
+    "cifar10-eval3": {"frozen": "43753a3", "build": "8acf2ff", "candidate": "ban-default", "threshold": 4.3,
                       "bf16": False},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -62,7 +64,9 @@ def _select(name: str) -> None:
 
 def _worktree(path: Path, commit: str) -> None:
     if not path.is_dir():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", str(path), commit], check=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), commit], check=True)
+    elif (path / ".git").exists():  # a worktree of an earlier commit (an unpacked archive, gpu_judge.sh, is kept)
+        subprocess.run(["git", "-C", str(path), "checkout", "-q", "--detach", commit], check=True)
 
 
 def _spec() -> dict:
