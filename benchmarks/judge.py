@@ -65,8 +65,15 @@ def _select(name: str) -> None:
 def _worktree(path: Path, commit: str) -> None:
     if not path.is_dir():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), commit], check=True)
-    elif (path / ".git").exists():  # a worktree of an earlier commit (an unpacked archive, gpu_judge.sh, is kept)
+    elif (path / ".git").exists() and _rev(path, "HEAD") != _rev(ROOT, commit):
+        # a worktree of an earlier commit (an unpacked archive, gpu_judge.sh, is kept); shards start together, so
+        # only a worktree at another commit is touched
         subprocess.run(["git", "-C", str(path), "checkout", "-q", "--detach", commit], check=True)
+
+
+def _rev(repo: Path, rev: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", f"{rev}^{{commit}}"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def _spec() -> dict:
