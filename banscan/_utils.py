@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import platform
 import time
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,17 @@ def toml_loads(text: str) -> dict[str, Any]:
     except ImportError:  # Python < 3.11
         import tomli as tomllib  # type: ignore[no-redef]
     return tomllib.loads(text)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part; the
+    temporary name is per process, so processes writing side by side (build shards) do not collide."""
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:

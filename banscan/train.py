@@ -8,6 +8,7 @@ A ``batch_hook`` lets attacks poison each augmented batch (and add loss terms) w
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import BanscanError, eval_mode, progress, resolve_device
+from ._utils import BanscanError, eval_mode, progress, resolve_device, write_atomic
 from .data import ImageData
 from .models import SplitModel
 
@@ -209,9 +210,9 @@ def train_model(model: nn.Module, data: ImageData, cfg: TrainConfig | None = Non
 
 
 def _save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a run killed while saving leaves the previous epoch's state
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_atomic(path, buf.getvalue())  # a run killed while saving leaves the previous epoch's state
 
 
 def _resume(path: str | os.PathLike, cfg: TrainConfig, n: int, model: nn.Module, extras: list[nn.Parameter],

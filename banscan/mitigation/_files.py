@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._utils import BanscanError, json_safe
+from .._utils import BanscanError, json_safe, write_atomic
 from ..params import with_seed
 from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageData
 from . import get_mitigation
@@ -94,9 +94,7 @@ def mitigate_file(arch: str, weights: str | os.PathLike, data: str | os.PathLike
     card["sha256"] = _sha256(dst)
     if _sha256(src) != sha_in:  # cannot happen through banscan; a guard against a concurrent writer
         raise BanscanError(f"{src} changed while it was being repaired")
-    tmp = dst.with_name(dst.stem + ".json.tmp")
-    tmp.write_text(json.dumps(json_safe(card), indent=2, sort_keys=True))
-    os.replace(tmp, dst.with_suffix(".json"))
+    write_atomic(dst.with_suffix(".json"), json.dumps(json_safe(card), indent=2, sort_keys=True).encode())
     return card
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._utils import BanscanError, json_safe, progress, resolve_device, versions
+from .._utils import BanscanError, json_safe, progress, resolve_device, versions, write_atomic
 from ..data import ImageData
 from .spec import _plan, load_spec
 from .store import (SCHEMA_VERSION, ZooCard, _datasets, _fingerprint, _split, _write_json, load_manifest,
@@ -107,23 +107,14 @@ def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, inf
             "attack": _tensors_bytes(state) if state else None}
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_model(out: Path, result: Mapping[str, Any]) -> dict[str, Any]:
     """Write :func:`train_entry`'s result into the zoo folder: weights, trigger state, then the card (last)."""
     card = result["card"]
     mid = card["id"]
     weights = Path(out) / card["file"]
-    _write_bytes(weights, result["weights"])
+    write_atomic(weights, result["weights"])
     if result.get("attack"):
-        _write_bytes(Path(out) / f"{mid}.attack.safetensors", result["attack"])
+        write_atomic(Path(out) / f"{mid}.attack.safetensors", result["attack"])
     _write_json(Path(out) / f"{mid}.json", card)  # written last: its presence marks the model as finished
     return card
 

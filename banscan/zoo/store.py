@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._utils import BanscanError, json_safe
+from .._utils import BanscanError, json_safe, write_atomic
 from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_data
 from ..jsonl import check_schema
 
@@ -76,9 +76,7 @@ def _split(train: ImageData, fraction: float, seed: int) -> tuple[ImageData, Ima
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: shards of one build write side by side
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=True).encode())
 
 
 def load_manifest(zoo_dir: str | os.PathLike) -> dict[str, Any]:
