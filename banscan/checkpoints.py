@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils import BanscanError
+from ._utils import BanscanError, write_atomic
 
-__all__ = ["read_state_dict", "load_weights", "save_weights"]
+__all__ = ["read_state_dict", "load_weights", "save_weights", "weights_bytes"]
 
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "netC", "net", "module")
 
@@ -128,19 +128,22 @@ def _head_names(model: nn.Module) -> set[str]:
     return set(linears[-1:])
 
 
-def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write a ``.safetensors`` file atomically (a half-written file never appears under ``path``)."""
-    from safetensors.torch import save_file
+def weights_bytes(model: nn.Module | Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> bytes:
+    """A model's (or a state dict's) ``.safetensors`` file as bytes; ``metadata`` is stored as JSON under
+    ``"banscan"`` in the file's header."""
+    from safetensors.torch import save
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
     meta = {"format": "pt"}
     if metadata:
         meta["banscan"] = json.dumps(metadata, sort_keys=True, default=str)
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, p)
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}, metadata=meta)
+
+
+def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a ``.safetensors`` file atomically (a half-written file never appears under ``path``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(p, weights_bytes(model, metadata))
     return p

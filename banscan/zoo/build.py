@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .._utils import BanscanError, json_safe, progress, resolve_device, versions, write_atomic
+from ..checkpoints import weights_bytes
 from ..data import ImageData
 from .spec import _plan, load_spec
 from .store import (SCHEMA_VERSION, ZooCard, _datasets, _fingerprint, _split, _write_json, load_manifest,
@@ -51,14 +52,6 @@ def attack_success_rate(model: nn.Module, data: ImageData, attack: Any,
 def _same_recipe(card: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
     keys = ("arch", "arch_kwargs", "attack", "attack_params", "seed", "train")
     return all(json_safe(card.get(k) or None) == json_safe(entry.get(k) or None) for k in keys)
-
-
-def _tensors_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> bytes:
-    """A safetensors file's bytes; ``metadata`` as :func:`banscan.checkpoints.save_weights` records it."""
-    from safetensors.torch import save
-
-    meta = None if metadata is None else {"format": "pt", "banscan": json.dumps(metadata, sort_keys=True, default=str)}
-    return save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, metadata=meta)
 
 
 def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, info: Mapping[str, Any],
@@ -103,8 +96,8 @@ def train_entry(entry: Mapping[str, Any], train: ImageData, test: ImageData, inf
         images_per_s=stats["images_per_s"], device=stats["device"], amp=stats["amp"], versions=versions(),
         mean=list(train.mean), std=list(train.std))
     state = attack.state_dict() if attack is not None else {}
-    return {"card": card.to_dict(), "weights": _tensors_bytes(model.state_dict(), {"id": mid, "arch": entry["arch"]}),
-            "attack": _tensors_bytes(state) if state else None}
+    return {"card": card.to_dict(), "weights": weights_bytes(model, {"id": mid, "arch": entry["arch"]}),
+            "attack": weights_bytes(state) if state else None}
 
 
 def write_model(out: Path, result: Mapping[str, Any]) -> dict[str, Any]:
