@@ -219,7 +219,8 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_eval(args: argparse.Namespace) -> int:
-    from .zoo import _write_json, evaluate_zoo
+    from .zoo import evaluate_zoo
+    from .zoo.store import _write_json
 
     rows = evaluate_zoo(args.dir, device=args.device, data_dir=args.data_dir)
     for r in rows:
@@ -343,7 +344,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import MITIGATION_NAME, RESULTS_NAME, BenchConfig, _parse_scheme, run_bench
+    from .bench import BenchConfig, run_bench
+    from .bench.io import MITIGATION_NAME, RESULTS_NAME
+    from .bench.metrics import _parse_scheme
 
     if not args.zoo or not args.out:
         raise BanscanError("banscan bench needs --zoo DIR and --out RESULTS (or: banscan bench report --results R)")
@@ -377,7 +380,7 @@ def _bench_params(args: argparse.Namespace, methods: tuple[str, ...], mit: tuple
     """Per-detector and per-mitigation parameters of ``banscan bench``: ``--param ban.KEY=V`` and
     ``mitigate.ban.KEY=V``, ``--preset [METHOD.]NAME``, ``--params FILE`` (tables ``[ban]``, ``[mitigate.ban]``),
     and the older ``--method-params``/``--mitigate-params`` JSON."""
-    from .bench import _parse_method_params
+    from .bench.runner import _parse_method_params
     from .detectors import get_detector
     from .mitigation import get_mitigation
     from .params import read_file, resolve_many

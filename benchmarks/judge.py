@@ -82,7 +82,7 @@ def _spec() -> dict:
 
 def _plan_ids(groups: list[dict]) -> list[list[str]]:
     """Model ids of each spec group, by the build commit's own plan expansion."""
-    code = ("import json, sys; from banscan.zoo import _plan, load_spec; s = load_spec(json.load(sys.stdin)); "
+    code = ("import json, sys; from banscan.zoo.spec import _plan, load_spec; s = load_spec(json.load(sys.stdin)); "
             "print(json.dumps([[e['id'] for e in _plan({**s, 'models': [g]})] for g in s['models']]))")
     spec = {**_spec(), "models": groups}
     r = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), text=True, capture_output=True,

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from banscan._utils import BanscanError
-from banscan.bench import (RESULTS_NAME, BenchConfig, auroc, average_precision, bootstrap_ci, compute_metrics,
-                           fit_thresholds, load_records, read_jsonl, roc_points, run_bench, tpr_at_fpr)
+from banscan.bench import (BenchConfig, auroc, average_precision, bootstrap_ci, compute_metrics, fit_thresholds,
+                           load_records, read_jsonl, roc_points, run_bench, tpr_at_fpr)
+from banscan.bench.io import RESULTS_NAME
 from banscan.detectors import calibrate_threshold
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -13,8 +13,9 @@ import torch
 from banscan._utils import BanscanError
 from banscan.attacks import attack_from_card, list_attacks
 from banscan.cli import main
-from banscan.zoo import (_plan, attack_success_rate, build_zoo, defender_data, evaluate_zoo, load_manifest,
-                         load_spec, load_zoo_model, shipped_specs, test_data)
+from banscan.zoo import (attack_success_rate, build_zoo, defender_data, evaluate_zoo, load_manifest, load_spec,
+                         load_zoo_model, shipped_specs, test_data)
+from banscan.zoo.spec import _plan
 
 CARD_FIELDS = {"id", "file", "arch", "arch_kwargs", "num_classes", "dataset", "attack", "attack_params", "target",
                "poison_rate", "seed", "BA", "ASR", "status", "failure", "train_time_s", "versions", "mean", "std"}
@@ -70,7 +71,7 @@ def test_defender_split_is_held_out(tiny_zoo):
     assert m["dataset"]["mean"] == [0.5, 0.5, 0.5] and m["dataset"]["std"] == [0.25, 0.25, 0.25]
     dfd = defender_data(out)
     assert len(dfd) == 60 and len(torch.unique(dfd.y)) == 4
-    from banscan.zoo import _datasets, _split
+    from banscan.zoo.store import _datasets, _split
 
     full, _, _ = _datasets(m["dataset"])
     _, train = _split(full, 0.1, 0)
@@ -237,7 +238,7 @@ def test_spec_files(tmp_path):
 
 
 def test_cifar10_npz_loader(tmp_path, monkeypatch):
-    from banscan.zoo import _datasets
+    from banscan.zoo.store import _datasets
 
     d = tmp_path / "cifar10"
     d.mkdir()

@@ -8,12 +8,12 @@ records), :mod:`.report` (``report.md`` and ``report.html``).
 
 from __future__ import annotations
 
-from .io import MITIGATION_NAME, RESULTS_NAME, RUNS_NAME, BenchRecord, load_records, read_jsonl, record_key
-from .metrics import (Calibration, ThresholdFit, _parse_scheme, auroc, average_precision, bootstrap_ci,
-                      compute_metrics, fit_thresholds, roc_points, tpr_at_fpr)
+from .io import BenchRecord, load_records, read_jsonl
+from .metrics import (auroc, average_precision, bootstrap_ci, compute_metrics, fit_thresholds, roc_points,
+                      tpr_at_fpr)
 from .mitigate import MitigationRecord, mitigate_zoo
 from .report import mitigation_section, write_report
-from .runner import SCHEMA_VERSION, BenchConfig, _parse_method_params, run_bench, scan_model
+from .runner import BenchConfig, run_bench, scan_model
 
 __all__ = ["BenchConfig", "run_bench", "scan_model", "read_jsonl", "load_records", "auroc", "average_precision",
            "roc_points", "tpr_at_fpr", "bootstrap_ci", "fit_thresholds", "compute_metrics", "mitigate_zoo",

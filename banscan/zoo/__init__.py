@@ -13,10 +13,10 @@ cards, weights), :mod:`.build` (training, the gate, resuming, Ray).
 
 from __future__ import annotations
 
-from .build import _same_recipe, attack_success_rate, build_zoo, evaluate_zoo, train_entry, write_model
-from .spec import _plan, load_spec, shipped_specs
-from .store import (SCHEMA_VERSION, ZooCard, _datasets, _fingerprint, _split, _write_json, defender_data,
-                    load_manifest, load_zoo_model, model_from_card, test_data)
+from .build import attack_success_rate, build_zoo, evaluate_zoo, train_entry, write_model
+from .spec import load_spec, shipped_specs
+from .store import (SCHEMA_VERSION, ZooCard, defender_data, load_manifest, load_zoo_model, model_from_card,
+                    test_data)
 
 __all__ = ["load_spec", "build_zoo", "evaluate_zoo", "load_manifest", "load_zoo_model", "defender_data",
            "test_data", "attack_success_rate", "shipped_specs", "ZooCard", "model_from_card", "train_entry",
