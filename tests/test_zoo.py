@@ -253,3 +253,35 @@ def test_cifar10_npz_loader(tmp_path, monkeypatch):
     monkeypatch.setenv("BANSCAN_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(BanscanError, match="BANSCAN_DATA_DIR"):
         _datasets({"name": "cifar10"})
+
+
+def test_gtsrb_zoo_splits_its_one_file(tmp_path):
+    """GTSRB ships only its test set: a seeded, stratified part of it is the zoo's test set, the rest trains, with
+    the training part's own channel statistics; a zoo builds on it and its cards name the data."""
+    from banscan.zoo.store import _datasets
+
+    d = tmp_path / "gtsrb"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 16, 16, 3), dtype=np.uint8)
+    x[..., 0] //= 2  # channels with different statistics
+    y = np.repeat(np.arange(5), [80, 40, 40, 20, 20])  # imbalanced, as GTSRB is
+    np.savez(d / "test.npz", x=x, y=rng.permutation(y), classes=np.array([f"sign{i}" for i in range(5)]))
+    ds = {"name": "gtsrb", "path": str(tmp_path), "test_fraction": 0.25, "seed": 3}
+    train, test, info = _datasets(ds)
+    assert (len(train), len(test)) == (150, 50) and info["num_classes"] == 5 and info["name"] == "gtsrb"
+    assert torch.bincount(test.y).tolist() == [20, 10, 10, 5, 5]  # each class keeps its share
+    both = torch.cat([train.x, test.x]).flatten(1).numpy()
+    assert len({r.tobytes() for r in both}) == 200  # disjoint, nothing lost
+    px = train.x.double().div(255)
+    assert train.mean == test.mean == pytest.approx(px.mean((0, 2, 3)).tolist())
+    assert train.mean[0] < train.mean[1] and train.std[0] < train.std[1]
+    again, _, _ = _datasets({**ds, "path": str(tmp_path)})
+    assert torch.equal(again.x, train.x)
+    assert not torch.equal(_datasets({**ds, "seed": 4})[0].x, train.x)
+    spec = small_spec(dataset=ds, defender={"fraction": 0.2})
+    m = build_zoo(spec, tmp_path / "z")
+    assert m["dataset"]["name"] == "gtsrb" and m["models"][0]["num_classes"] == 5
+    assert m["dataset"]["classes"] == [f"sign{i}" for i in range(5)]
+    with pytest.raises(BanscanError, match="test_fraction"):
+        load_spec(small_spec(dataset={**ds, "test_fraction": 1.5}))

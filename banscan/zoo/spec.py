@@ -14,7 +14,8 @@ from .._utils import BanscanError, json_safe, toml_loads
 
 _SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
 _TOP_KEYS = {"name", "description", "dataset", "defender", "train", "gate", "models"}
-_DATASET_KEYS = {"name", "path", "n_train", "n_test", "num_classes", "size", "seed", "task_seed", "noise"}
+_DATASET_KEYS = {"name", "path", "n_train", "n_test", "num_classes", "size", "seed", "task_seed", "noise",
+                 "test_fraction"}
 _GROUP_KEYS = {"name", "arch", "arch_kwargs", "attack", "attack_params", "targets", "poison_rates", "seeds",
                "train", "gate"}
 
@@ -70,11 +71,14 @@ def _validate_spec(spec: dict[str, Any]) -> None:
     if unknown:
         raise BanscanError(f"spec: unknown sections {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
     ds = spec.get("dataset")
-    if not isinstance(ds, dict) or ds.get("name") not in ("synthetic", "cifar10"):
-        raise BanscanError("spec: [dataset] needs name = 'synthetic' or 'cifar10'")
+    if not isinstance(ds, dict) or ds.get("name") not in ("synthetic", "cifar10", "gtsrb"):
+        raise BanscanError("spec: [dataset] needs name = 'synthetic', 'cifar10' or 'gtsrb'")
     bad = set(ds) - _DATASET_KEYS
     if bad:
         raise BanscanError(f"spec: unknown [dataset] keys {sorted(bad)}; expected {sorted(_DATASET_KEYS)}")
+    test_frac = ds.get("test_fraction", 0.2)
+    if not isinstance(test_frac, (int, float)) or not 0 < test_frac < 1:
+        raise BanscanError(f"spec: [dataset] test_fraction must be in (0, 1), got {test_frac!r}")
     frac = spec.get("defender", {}).get("fraction", 0.1)
     if not isinstance(frac, (int, float)) or not 0 < frac < 1:
         raise BanscanError(f"spec: defender fraction must be in (0, 1), got {frac!r}")

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,15 +29,35 @@ def _default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def _cifar10(root: Path, split: str) -> ImageData:
-    f = root / "cifar10" / f"{split}.npz"
-    key = (str(f.resolve()), split)
+def _npz(root: Path, rel: str, what: str) -> ImageData:
+    f = root / rel
+    key = (str(f.resolve()), rel)
     if key not in _CACHE:
         if not f.is_file():
-            raise BanscanError(f"CIFAR-10 file {f} not found; set BANSCAN_DATA_DIR or the spec's dataset.path to a "
-                               "folder holding cifar10/train.npz and cifar10/test.npz")
+            raise BanscanError(f"{what} file {f} not found; set BANSCAN_DATA_DIR or the spec's dataset.path to the "
+                               f"folder holding {rel}")
         _CACHE[key] = load_data(f, CIFAR10_MEAN, CIFAR10_STD)
     return _CACHE[key]
+
+
+def _proportional_split(data: ImageData, fraction: float, seed: int) -> tuple[ImageData, ImageData]:
+    """Seeded split keeping each class's share: ``round(fraction * n_c)`` of class ``c`` go to the first part.
+
+    (:meth:`ImageData.split` takes classes in turns, which balances the first part; on imbalanced data such as
+    GTSRB that would drain the small classes from the second.)
+    """
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(int(seed)))
+    y = data.y[perm]
+    first = torch.cat([perm[y == c][:round(fraction * int((y == c).sum()))] for c in torch.unique(y)])
+    rest = torch.ones(len(data), dtype=torch.bool)
+    rest[first] = False
+    return data.subset(first.sort().values), data.subset(torch.nonzero(rest).flatten())
+
+
+def _channel_stats(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of ``data``'s pixels in ``[0, 1]``."""
+    x = data.x.double().div_(255).transpose(0, 1).flatten(1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
 
 
 def _datasets(ds: Mapping[str, Any]) -> tuple[ImageData, ImageData, dict[str, Any]]:
@@ -51,9 +71,20 @@ def _datasets(ds: Mapping[str, Any]) -> tuple[ImageData, ImageData, dict[str, An
         train = make_synthetic(int(ds.get("n_train", 2000)), seed=seed, **kw)
         test = make_synthetic(int(ds.get("n_test", 1000)), seed=seed + 1, **kw)
         info = {"name": "synthetic", "path": None, "n_train": len(train), "n_test": len(test), "seed": seed, **kw}
+    elif ds["name"] == "gtsrb":
+        # Only GTSRB's official test set is at hand (12,630 images, 43 classes): a seeded, stratified share of it is
+        # the zoo's test set, the rest its training set, normalised with the training part's own channel statistics.
+        root = Path(ds["path"]) if ds.get("path") else _default_data_dir()
+        full = _npz(root, "gtsrb/test.npz", "GTSRB")
+        frac, seed = float(ds.get("test_fraction", 0.2)), int(ds.get("seed", 0))
+        test, train = _proportional_split(full, frac, seed)
+        mean, std = _channel_stats(train)
+        train, test = (replace(d, mean=mean, std=std) for d in (train, test))
+        info = {"name": "gtsrb", "path": str(root.resolve()), "n_train": len(train), "n_test": len(test),
+                "num_classes": full.num_classes, "seed": seed, "test_fraction": frac}
     else:
         root = Path(ds["path"]) if ds.get("path") else _default_data_dir()
-        train, test = _cifar10(root, "train"), _cifar10(root, "test")
+        train, test = _npz(root, "cifar10/train.npz", "CIFAR-10"), _npz(root, "cifar10/test.npz", "CIFAR-10")
         info = {"name": "cifar10", "path": str(root.resolve()), "n_train": len(train), "n_test": len(test),
                 "num_classes": 10}
     info.update({"mean": list(train.mean), "std": list(train.std), "image_shape": list(train.image_shape),
