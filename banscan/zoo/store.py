@@ -19,7 +19,7 @@ from ..data import CIFAR10_MEAN, CIFAR10_STD, ImageData, load_data
 from ..jsonl import check_schema
 
 SCHEMA_VERSION = 1
-_CACHE: dict[tuple[str, str], ImageData] = {}
+_CACHE: dict[str, ImageData] = {}
 
 
 def _default_data_dir() -> Path:
@@ -31,7 +31,7 @@ def _default_data_dir() -> Path:
 
 def _npz(root: Path, rel: str, what: str) -> ImageData:
     f = root / rel
-    key = (str(f.resolve()), rel)
+    key = str(f.resolve())
     if key not in _CACHE:
         if not f.is_file():
             raise BanscanError(f"{what} file {f} not found; set BANSCAN_DATA_DIR or the spec's dataset.path to the "
