@@ -62,6 +62,7 @@ def _channel_stats(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...
 
 def _datasets(ds: Mapping[str, Any]) -> tuple[ImageData, ImageData, dict[str, Any]]:
     """(full training set, test set, JSON description) for a spec's or manifest's dataset section."""
+    root = Path(ds["path"]) if ds.get("path") else _default_data_dir()
     if ds["name"] == "synthetic":
         from ..synthetic import make_synthetic
 
@@ -74,7 +75,6 @@ def _datasets(ds: Mapping[str, Any]) -> tuple[ImageData, ImageData, dict[str, An
     elif ds["name"] == "gtsrb":
         # Only GTSRB's official test set is at hand (12,630 images, 43 classes): a seeded, stratified share of it is
         # the zoo's test set, the rest its training set, normalised with the training part's own channel statistics.
-        root = Path(ds["path"]) if ds.get("path") else _default_data_dir()
         full = _npz(root, "gtsrb/test.npz", "GTSRB")
         frac, seed = float(ds.get("test_fraction", 0.2)), int(ds.get("seed", 0))
         test, train = _proportional_split(full, frac, seed)
@@ -83,7 +83,6 @@ def _datasets(ds: Mapping[str, Any]) -> tuple[ImageData, ImageData, dict[str, An
         info = {"name": "gtsrb", "path": str(root.resolve()), "n_train": len(train), "n_test": len(test),
                 "num_classes": full.num_classes, "seed": seed, "test_fraction": frac}
     else:
-        root = Path(ds["path"]) if ds.get("path") else _default_data_dir()
         train, test = _npz(root, "cifar10/train.npz", "CIFAR-10"), _npz(root, "cifar10/test.npz", "CIFAR-10")
         info = {"name": "cifar10", "path": str(root.resolve()), "n_train": len(train), "n_test": len(test),
                 "num_classes": 10}
