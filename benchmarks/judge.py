@@ -8,7 +8,7 @@ lost. The detector is the frozen one: ``benchmarks/dev_signals.py`` and banscan 
 under ``runs/``), one candidate, seed 0, one thread. Metrics are computed once, when every model of the spec has
 a card (failed gates included) and every gated model a signal.
 
-    python benchmarks/judge.py ZOO build [--shard K/N]  # build (the zoo's build commit) what has no card yet
+    python benchmarks/judge.py ZOO build [--shard K/N] [--only ID,...]  # build what has no card yet (build commit)
     python benchmarks/judge.py ZOO scan [--watch]       # judge built models not judged yet; record their cards
     python benchmarks/judge.py ZOO merge --from DIR     # add a judgement made elsewhere (benchmarks/gpu_judge.sh)
     python benchmarks/judge.py ZOO baselines            # issue 14: BAN, BTI-DBF, NC at equal cost on judged models
@@ -128,15 +128,22 @@ def scan() -> int:
     return len(new)
 
 
-def build(shard: str | None, device: str = "cpu") -> None:
+def build(shard: str | None, device: str = "cpu", only: str | None = None) -> None:
     """Build, with the zoo's build commit, the models of the zoo that have no card here yet; ``shard`` K/N takes
     every N-th of the spec's models from K (positions in the whole spec, so that shards started at different times
-    never build the same model)."""
+    never build the same model); ``only`` (ids or id suffixes, comma-separated) balances the last few models by
+    hand between processes."""
     _worktree(BUILD_SRC, J["build"])
     spec, done = _spec(), set(_cards())
     k, n = (int(x) for x in shard.split("/")) if shard else (0, 1)
     ids = [i for group in _plan_ids(spec["models"]) for i in group]
     todo = [i for pos, i in enumerate(ids) if i not in done and pos % n == k]
+    if only:
+        wanted = only.split(",")
+        unknown = [w for w in wanted if not any(i.endswith(w) for i in ids)]
+        if unknown:
+            sys.exit(f"--only: no model of {NAME} ends with {', '.join(unknown)}")
+        todo = [i for i in todo if any(i.endswith(w) for w in wanted)]
     print(f"{len(todo)} models of {NAME} in shard {k}/{n} have no card yet", flush=True)
     if not todo:
         return
@@ -233,6 +240,7 @@ def main() -> None:
     ap.add_argument("zoo", choices=list(JUDGES))
     ap.add_argument("step", choices=["build", "scan", "merge", "baselines", "summary"])
     ap.add_argument("--shard", metavar="K/N", help="build: only every N-th model from K, for N parallel processes")
+    ap.add_argument("--only", metavar="ID,...", help="build: only these models (ids or their ends, e.g. s600)")
     ap.add_argument("--watch", action="store_true", help="scan: repeat every 5 minutes while a zoo build runs")
     ap.add_argument("--device", default="cpu", help="build: where to train (cuda on a GPU machine)")
     ap.add_argument("--from", dest="other", type=Path, help="merge: a folder with cards.json and signals.jsonl")
@@ -250,7 +258,7 @@ def main() -> None:
         if args.watch:
             scan()  # the models finished in the last interval
     elif args.step == "build":
-        build(args.shard, args.device)
+        build(args.shard, args.device, args.only)
     elif args.step == "baselines":
         baselines()
     elif args.step == "merge":
